@@ -1,0 +1,8 @@
+"""qrerank: fast, recipe-exact Qwen3 rerankers and embedding models."""
+
+from qrerank.embedder import Embedder
+from qrerank.functions import embed, score
+from qrerank.reranker import Reranker
+
+__all__ = ["Embedder", "Reranker", "embed", "score"]
+__version__ = "0.1.0"

@@ -1,0 +1,182 @@
+"""Checkpoints: find one (local directory or Hugging Face hub id), then load its weights strictly and fused."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from qrerank.config import ModelConfig
+from qrerank.model import LayerWeights, ModelWeights
+from qrerank.safetensors_reader import TensorEntry, copy_rows, read_header, read_tensor
+from qrerank.tokenize import load_tokenizer
+
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    tensors: dict[str, TensorEntry]  # every tensor stored, by name, as the files declare it
+
+    @classmethod
+    def open(cls, model: str | os.PathLike[str]) -> Checkpoint:
+        """Read config, tokenizer and tensor headers; no weight data is touched yet."""
+        path = locate(model)
+        config = ModelConfig.from_file(path / "config.json")
+        return cls(path, config, load_tokenizer(path, config), _read_headers(path))
+
+
+def locate(model: str | os.PathLike[str]) -> Path:
+    """A local checkpoint directory, or a hub id resolved through huggingface_hub's cache."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a directory path or a Hugging Face hub id, got {type(model).__name__}")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"model {str(model)!r} is a file; pass the checkpoint directory that holds config.json")
+    name = str(model)
+    if os.path.isabs(name) or name.startswith(".") or name.count("/") != 1:
+        raise ValueError(f"model {name!r} is neither an existing directory nor a hub id like 'Qwen/Qwen3-Reranker-0.6B'")
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (only needed for hub ids)
+
+    try:
+        # honours HF_HUB_OFFLINE / HF_HOME; only safetensors weights are ever fetched
+        return Path(snapshot_download(name, allow_patterns=_HUB_FILES))
+    except Exception as err:  # noqa: BLE001 (every hub failure gets the same actionable message)
+        offline = " (HF_HUB_OFFLINE is set: only cached snapshots can be used)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise ValueError(
+            f"model {name!r} is not a local directory and could not be fetched from the Hugging Face hub{offline}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+def _read_headers(path: Path) -> dict[str, TensorEntry]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted({path / name for name in weight_map.values()})
+    else:
+        weight_map, files = {}, sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        found = f" (found {', '.join(pickles)})" if pickles else ""
+        raise ValueError(
+            f"no .safetensors weights in {path}{found}: qrerank loads only safetensors, because pickle "
+            "checkpoints (.bin/.pt) can run arbitrary code when loaded; convert them with safetensors first"
+        )
+    entries: dict[str, TensorEntry] = {}
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"{index} lists {file.name}, which is not in {path}")
+        for name, entry in read_header(file).items():
+            if name in entries:
+                raise ValueError(f"tensor {name!r} is stored twice ({entries[name].path.name} and {file.name})")
+            if weight_map and weight_map.get(name) != file.name:
+                raise ValueError(f"tensor {name!r} is in {file.name} but {index.name} places it in {weight_map.get(name)!r}")
+            entries[name] = entry
+    missing_from_files = sorted(set(weight_map) - set(entries))
+    if missing_from_files:
+        raise ValueError(f"{index.name} lists tensor {missing_from_files[0]!r}, which none of its files holds")
+    return entries
+
+
+def _expected_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+    c = config
+    shapes = {f"{prefix}embed_tokens.weight": (c.vocab_size, c.hidden_size), f"{prefix}norm.weight": (c.hidden_size,)}
+    for i in range(c.num_hidden_layers):
+        p = f"{prefix}layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (c.hidden_size,),
+            p + "self_attn.q_proj.weight": (c.q_size, c.hidden_size),
+            p + "self_attn.k_proj.weight": (c.kv_size, c.hidden_size),
+            p + "self_attn.v_proj.weight": (c.kv_size, c.hidden_size),
+            p + "self_attn.o_proj.weight": (c.hidden_size, c.q_size),
+            p + "self_attn.q_norm.weight": (c.head_dim,),
+            p + "self_attn.k_norm.weight": (c.head_dim,),
+            p + "post_attention_layernorm.weight": (c.hidden_size,),
+            p + "mlp.gate_proj.weight": (c.intermediate_size, c.hidden_size),
+            p + "mlp.up_proj.weight": (c.intermediate_size, c.hidden_size),
+            p + "mlp.down_proj.weight": (c.hidden_size, c.intermediate_size),
+        }
+    return shapes
+
+
+def _check_names_and_shapes(ckpt: Checkpoint, needs_head: bool) -> str:
+    """Return the tensor-name prefix ('model.' for Qwen3ForCausalLM, '' for Qwen3Model) after strict checks."""
+    names = set(ckpt.tensors)
+    prefix = "model." if any(n.startswith("model.") for n in names) else ""
+    expected = _expected_shapes(ckpt.config, prefix)
+    head_shape = (ckpt.config.vocab_size, ckpt.config.hidden_size)
+    # lm_head.weight: required when untied and scores are needed; otherwise tolerated (tied checkpoints
+    # sometimes store a copy, which transformers also ignores) but still shape-checked.
+    optional = {"lm_head.weight": head_shape}
+    if needs_head and not ckpt.config.tie_word_embeddings:
+        expected["lm_head.weight"] = head_shape
+        optional = {}
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected) - set(optional))
+    problems = [f"missing tensor {n!r}" for n in missing] + [f"unexpected tensor {n!r}" for n in unexpected]
+    for name in sorted(names & (set(expected) | set(optional))):
+        want = expected.get(name) or optional[name]
+        if ckpt.tensors[name].shape != want:
+            problems.append(f"tensor {name!r} has shape {list(ckpt.tensors[name].shape)}, expected {list(want)}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"checkpoint {ckpt.path} does not match its config.json: {shown}")
+    return prefix
+
+
+def load_weights(
+    ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, head_token_ids: Sequence[int] | None = None
+) -> ModelWeights:
+    """Load every tensor into `dtype` on `device`, fusing q/k/v and gate/up into single matrices.
+
+    With `head_token_ids`, only those rows of the LM head are read (fp32), for a yes/no style head.
+    """
+    prefix = _check_names_and_shapes(ckpt, needs_head=head_token_ids is not None)
+    t = ckpt.tensors
+
+    def load(name: str) -> torch.Tensor:
+        return read_tensor(t[prefix + name], dtype, device)
+
+    def fused(*names: str) -> torch.Tensor:
+        entries = [t[prefix + n] for n in names]
+        out = torch.empty((sum(e.shape[0] for e in entries), entries[0].shape[1]), dtype=dtype, device=device)
+        row = 0
+        for e in entries:
+            copy_rows(e, out[row : row + e.shape[0]])
+            row += e.shape[0]
+        return out
+
+    layers = []
+    for i in range(ckpt.config.num_hidden_layers):
+        p = f"layers.{i}."
+        layers.append(LayerWeights(
+            input_norm=load(p + "input_layernorm.weight"),
+            qkv=fused(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"),
+            q_norm=load(p + "self_attn.q_norm.weight"),
+            k_norm=load(p + "self_attn.k_norm.weight"),
+            o_proj=load(p + "self_attn.o_proj.weight"),
+            post_norm=load(p + "post_attention_layernorm.weight"),
+            gate_up=fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+            down=load(p + "mlp.down_proj.weight"),
+        ))
+    head_rows = None
+    if head_token_ids is not None:
+        source = t[prefix + "embed_tokens.weight"] if ckpt.config.tie_word_embeddings else t["lm_head.weight"]
+        head_rows = torch.empty((len(head_token_ids), ckpt.config.hidden_size), dtype=dtype, device=device)
+        for row, token in enumerate(head_token_ids):
+            copy_rows(source, head_rows[row : row + 1], token, token + 1)
+        # Rounded to the model dtype first (as the weights transformers would use), then the dot in fp32.
+        head_rows = head_rows.float()
+    return ModelWeights(embed=load("embed_tokens.weight"), layers=layers, norm=load("norm.weight"), head_rows=head_rows)

@@ -1,0 +1,73 @@
+"""The Qwen3 forward pass on a packed batch: no padding, no KV cache, only the last token of each sequence reaches the final norm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qrerank.batching import PackedBatch
+from qrerank.config import ModelConfig
+from qrerank.ops import Ops
+from qrerank.reference import rope_cache
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, H]: q_proj, k_proj, v_proj rows stacked at load
+    q_norm: torch.Tensor  # [D]
+    k_norm: torch.Tensor  # [D]
+    o_proj: torch.Tensor  # [H, Hq * D]
+    post_norm: torch.Tensor  # [H]
+    gate_up: torch.Tensor  # [2 I, H]: gate_proj rows then up_proj rows
+    down: torch.Tensor  # [H, I]
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor  # [V, H]
+    layers: list[LayerWeights]
+    norm: torch.Tensor  # [H]
+    head_rows: torch.Tensor | None  # [K, H] fp32: the LM-head rows of the requested token ids, nothing else
+
+
+class Qwen3:
+    """Functional Qwen3 decoder; `forward` maps a PackedBatch to final-normed last-token states [B, H]."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, ops: Ops, max_positions: int) -> None:
+        self.config = config
+        self.weights = weights
+        self.ops = ops
+        self.rope = rope_cache(config.head_dim, config.rope_theta, max_positions, weights.embed.device)
+        self.scale = config.head_dim**-0.5
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.embed.dtype
+
+    @torch.inference_mode()
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        cfg, ops, eps = self.config, self.ops, self.config.rms_norm_eps
+        t = batch.input_ids.shape[0]
+        h = F.embedding(batch.input_ids, self.weights.embed)  # [T, H]
+        residual = h
+        h = ops.rms_norm(h, self.weights.layers[0].input_norm, eps)
+        for i, layer in enumerate(self.weights.layers):
+            if i > 0:
+                h, residual = ops.add_rms_norm(h, residual, layer.input_norm, eps)
+            q, k, v = ops.qk_norm_rope(
+                F.linear(h, layer.qkv), layer.q_norm, layer.k_norm, self.rope, batch.positions,
+                cfg.num_attention_heads, cfg.num_key_value_heads, eps,
+            )
+            o = ops.attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, self.scale)  # [T, Hq, D]
+            h = F.linear(o.view(t, cfg.q_size), layer.o_proj)
+            h, residual = ops.add_rms_norm(h, residual, layer.post_norm, eps)
+            h = F.linear(ops.silu_mul(F.linear(h, layer.gate_up)), layer.down)
+        last = batch.cu_seqlens[1:].long() - 1  # [B]
+        return ops.add_rms_norm(h[last], residual[last], self.weights.norm, eps)[0]  # [B, H]

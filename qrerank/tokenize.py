@@ -1,0 +1,37 @@
+"""Tokenizer loading: the checkpoint's own tokenizer.json, or the Qwen3 tokenizer bundled with qrerank."""
+
+from __future__ import annotations
+
+import lzma
+from importlib import resources
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from qrerank.config import ModelConfig
+
+BUNDLED_TOKENIZER = "qwen3-tokenizer.json.xz"
+
+
+def bundled_tokenizer_json() -> str:
+    """The Qwen3 tokenizer shipped as package data (the Qwen3-Reranker variant: no post-processor)."""
+    data = resources.files("qrerank").joinpath("data", BUNDLED_TOKENIZER).read_bytes()
+    return lzma.decompress(data).decode("utf-8")
+
+
+def load_tokenizer(checkpoint_dir: Path, config: ModelConfig) -> Tokenizer:
+    """Load `tokenizer.json` from the checkpoint, else the bundled Qwen3 one; check the model covers its ids."""
+    path = checkpoint_dir / "tokenizer.json"
+    if path.is_file():
+        tokenizer, source = Tokenizer.from_file(str(path)), str(path)
+    else:
+        tokenizer, source = Tokenizer.from_str(bundled_tokenizer_json()), "the bundled Qwen3 tokenizer"
+    # An id past the embedding table would index out of range on the device (or, worse, silently
+    # read another row through a kernel without bounds checks): refuse the pair at load time.
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > config.vocab_size:
+        raise ValueError(
+            f"{source} has {size} tokens but config.json vocab_size is {config.vocab_size}: "
+            "the tokenizer does not belong to this checkpoint"
+        )
+    return tokenizer

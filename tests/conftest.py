@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random-weight Qwen3 checkpoints with the real Qwen3 tokenizer (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qrerank.testing import random_checkpoint
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3ForCausalLM layout (`model.` prefix), tied head, reranker tokenizer."""
+    return random_checkpoint(tmp_path_factory.mktemp("reranker"), "tiny", "reranker", seed=1)
+
+
+@pytest.fixture(scope="session")
+def embedding_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3Model layout (no prefix, no head), tokenizer that appends <|endoftext|>."""
+    return random_checkpoint(tmp_path_factory.mktemp("embedding"), "tiny", "embedding", seed=2)
+
+
+@pytest.fixture(scope="session")
+def reranker(reranker_dir: Path):  # noqa: ANN201
+    from qrerank import Reranker
+
+    return Reranker(reranker_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=512)
+
+
+@pytest.fixture(scope="session")
+def embedder(embedding_dir: Path):  # noqa: ANN201
+    from qrerank import Embedder
+
+    return Embedder(embedding_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=512)
