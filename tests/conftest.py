@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qrerank import Embedder, Reranker
 from qrerank.testing import random_checkpoint
 
 
@@ -23,14 +24,10 @@ def embedding_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reranker(reranker_dir: Path):  # noqa: ANN201
-    from qrerank import Reranker
-
+def reranker(reranker_dir: Path) -> Reranker:
     return Reranker(reranker_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=512)
 
 
 @pytest.fixture(scope="session")
-def embedder(embedding_dir: Path):  # noqa: ANN201
-    from qrerank import Embedder
-
+def embedder(embedding_dir: Path) -> Embedder:
     return Embedder(embedding_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=512)
