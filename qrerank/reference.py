@@ -76,17 +76,13 @@ def attention(
     """
     del max_seqlen  # part of the kernel's signature; per-sequence calls do not need it
     out = torch.empty_like(q)
-    group = q.shape[1] // k.shape[1]
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
-        qs = q[start:end].transpose(0, 1)  # [Hq, L, D]
-        ks = k[start:end].transpose(0, 1)  # [Hkv, L, D]
-        vs = v[start:end].transpose(0, 1)
-        if group > 1:
-            ks = ks.repeat_interleave(group, dim=0)
-            vs = vs.repeat_interleave(group, dim=0)
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)  # [Hq, L, D]
-        out[start:end] = o.transpose(0, 1)
+        # [1, H, L, D] views: the 4-D GQA form takes torch's fused (flash) CPU kernel; 3-D inputs or
+        # repeated K/V fall back to a materialised [H, L, L] math path that is several times slower.
+        qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        out[start:end] = o[0].transpose(0, 1)
     return out
 
 

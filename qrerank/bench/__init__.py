@@ -1,0 +1,1 @@
+"""`qrerank bench`: qrerank against the official transformers recipes, same process, same checkpoint, same text."""

@@ -1,0 +1,64 @@
+"""The official Qwen3 recipes on Hugging Face transformers, as published (QwenLM/Qwen3-Embedding README).
+
+Each call processes its whole request as one left-padded batch, exactly like the published example.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_BODY, RERANK_PREFIX, RERANK_SUFFIX
+
+
+def _transformers():  # noqa: ANN202 (module object)
+    try:
+        import transformers  # noqa: PLC0415
+    except ImportError:
+        raise SystemExit("the baselines need transformers: pip install 'qrerank[bench]'") from None
+    return transformers
+
+
+class OfficialReranker:
+    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, max_length: int) -> None:
+        tf = _transformers()
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+        self.model = self.model.to(device).eval()
+        self.device, self.max_length = device, max_length
+        self.yes = self.tokenizer.convert_tokens_to_ids("yes")
+        self.no = self.tokenizer.convert_tokens_to_ids("no")
+        self.prefix = self.tokenizer.encode(RERANK_PREFIX, add_special_tokens=False)
+        self.suffix = self.tokenizer.encode(RERANK_SUFFIX, add_special_tokens=False)
+
+    @torch.no_grad()
+    def score(self, query: str, docs: list[str]) -> np.ndarray:
+        pairs = [RERANK_BODY.format(instruction=DEFAULT_RERANK_INSTRUCTION, query=query, doc=d) for d in docs]
+        inputs = self.tokenizer(
+            pairs, padding=False, truncation="longest_first", return_attention_mask=False,
+            max_length=self.max_length - len(self.prefix) - len(self.suffix),
+        )
+        inputs["input_ids"] = [self.prefix + ids + self.suffix for ids in inputs["input_ids"]]
+        inputs = self.tokenizer.pad(inputs, padding=True, return_tensors="pt").to(self.device)
+        logits = self.model(**inputs).logits[:, -1, :]
+        yes_no = torch.stack([logits[:, self.no], logits[:, self.yes]], dim=1)
+        return F.log_softmax(yes_no.float(), dim=1)[:, 1].exp().cpu().numpy()
+
+
+class OfficialEmbedder:
+    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, max_length: int) -> None:
+        tf = _transformers()
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        self.model = tf.AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+        self.model = self.model.to(device).eval()
+        self.device, self.max_length = device, max_length
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.model(**batch.to(self.device)).last_hidden_state
+        pooled = hidden[:, -1]  # left padding: the last position is every text's final token
+        return F.normalize(pooled.float(), p=2, dim=1).cpu().numpy()

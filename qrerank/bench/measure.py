@@ -1,0 +1,91 @@
+"""Timing and peak-memory measurement shared by the benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: device memory on CUDA, resident host memory on CPU (sampled every 2 ms)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            # Hand memory freed by the previous run back to the OS first; otherwise this run would
+            # reuse it without raising the resident size, and its peak would read as zero.
+            if hasattr(_LIBC, "malloc_trim"):
+                _LIBC.malloc_trim(0)
+            self._base = rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_bytes() - self._base)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes() - self._base)
+
+
+@dataclass
+class Run:
+    """Latencies of one system over the same requests, with the outputs it gave."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    peak_memory: int = 0
+
+    def timed(self, fn: Callable[[], Any], device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.latencies.append(time.perf_counter() - start)
+        self.outputs.append(out)
+
+    def summary(self, items: int, tokens: int) -> dict[str, float]:
+        total = sum(self.latencies)
+        return {
+            "items_per_s": items / total,
+            "tokens_per_s": tokens / total,
+            "p50_ms": 1e3 * float(np.percentile(self.latencies, 50)),
+            "p95_ms": 1e3 * float(np.percentile(self.latencies, 95)),
+            "peak_memory_mb": self.peak_memory / 2**20,
+            "total_s": total,
+        }

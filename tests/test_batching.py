@@ -1,0 +1,140 @@
+"""plan_batches / pack invariants, and packing invariance of scores and embeddings end to end."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qrerank import Embedder, Reranker
+from qrerank.batching import pack, plan_batches
+
+CPU = torch.device("cpu")
+
+
+def _random_lengths(seed: int, n: int, high: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, high, size=n, dtype=np.int64)
+
+
+PLAN_CASES = [
+    pytest.param(_random_lengths(0, 200, 300), 512, id="random"),
+    pytest.param(_random_lengths(1, 64, 40), 64, id="many-ties"),
+    pytest.param(np.array([5, 700, 3, 300, 300, 1000, 2, 299], dtype=np.int64), 300, id="over-long"),
+    pytest.param(np.array([7, 7, 7, 7], dtype=np.int64), 7, id="exact-fit"),
+    pytest.param(np.array([1], dtype=np.int64), 1, id="single"),
+    pytest.param(_random_lengths(2, 50, 20), 1, id="budget-below-every-length"),
+]
+
+
+@pytest.mark.parametrize(("lengths", "budget"), PLAN_CASES)
+def test_plan_batches_invariants(lengths: np.ndarray, budget: int) -> None:
+    batches = plan_batches(lengths, budget)
+    assert all(len(b) > 0 and b.dtype == np.int64 for b in batches)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))  # every index exactly once
+    assert np.all(np.diff(lengths[flat]) <= 0)  # sorted by length (longest first) across the plan
+    for batch in batches:
+        tokens = int(lengths[batch].sum())
+        assert tokens <= budget or len(batch) == 1, (batch, tokens)
+    for current, following in pairwise(batches):
+        # greedy: a batch is closed only when the next sequence would not fit
+        assert int(lengths[current].sum()) + int(lengths[following[0]]) > budget
+
+
+def test_plan_batches_over_long_sequences_run_alone() -> None:
+    lengths = np.array([10, 500, 20, 400, 30], dtype=np.int64)
+    batches = [b.tolist() for b in plan_batches(lengths, 100)]
+    assert batches == [[1], [3], [4, 2, 0]]
+
+
+def test_plan_batches_empty() -> None:
+    assert plan_batches(np.zeros(0, dtype=np.int64), 16) == []
+
+
+def test_pack_layout() -> None:
+    rng = np.random.default_rng(3)
+    sequences = [rng.integers(0, 151669, size=n).tolist() for n in (4, 1, 9, 3, 6, 2)]
+    indices = np.array([2, 0, 5, 1], dtype=np.int64)
+    batch = pack(sequences, indices, CPU)
+    chosen = [sequences[i] for i in indices]
+    assert batch.input_ids.dtype == torch.int64
+    assert batch.positions.dtype == torch.int64
+    assert batch.cu_seqlens.dtype == torch.int32
+    assert batch.input_ids.tolist() == [tok for seq in chosen for tok in seq]
+    assert batch.positions.tolist() == [p for seq in chosen for p in range(len(seq))]
+    assert batch.cu_seqlens.tolist() == [0, 9, 13, 15, 16]
+    assert batch.max_seqlen == 9
+    assert batch.indices is indices
+
+
+def test_pack_every_planned_batch_reassembles_the_input() -> None:
+    rng = np.random.default_rng(4)
+    sequences = [rng.integers(0, 1000, size=n).tolist() for n in rng.integers(1, 60, size=40)]
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    seen: dict[int, list[int]] = {}
+    for indices in plan_batches(lengths, 100):
+        batch = pack(sequences, indices, CPU)
+        bounds = batch.cu_seqlens.tolist()
+        assert bounds[0] == 0 and bounds[-1] == batch.input_ids.numel() == batch.positions.numel()
+        assert batch.max_seqlen == max(b - a for a, b in pairwise(bounds))
+        for index, (start, end) in zip(indices.tolist(), pairwise(bounds), strict=True):
+            seen[index] = batch.input_ids[start:end].tolist()
+            assert batch.positions[start:end].tolist() == list(range(end - start))
+    assert seen == dict(enumerate(sequences))
+
+
+def _mixed_texts(seed: int, n: int, max_words: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "beta", "gamma", "retrieval", "qwen", "pack", "Tokyo", "的", "🙂", "x9", "\n", "déjà"]
+    return [" ".join(rng.choice(words, size=int(rng.integers(0, max_words)))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def small_batch_reranker(reranker_dir: Path) -> Reranker:
+    return Reranker(reranker_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=300)
+
+
+@pytest.fixture(scope="module")
+def small_batch_embedder(embedding_dir: Path) -> Embedder:
+    return Embedder(embedding_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=100)
+
+
+def test_reranker_scores_do_not_depend_on_packing(small_batch_reranker: Reranker, reranker: Reranker) -> None:
+    queries = ["what is qwen", "capital of Japan", "packing"]
+    docs = _mixed_texts(5, 50, 180)
+    pairs = [(queries[i % 3], doc) for i, doc in enumerate(docs)]
+    lengths = np.array([len(s) for s in small_batch_reranker.prompt.encode(pairs, None)], dtype=np.int64)
+    plan = plan_batches(lengths, 300)
+    assert len(plan) >= 5 and max(map(len, plan)) >= 3 and lengths.min() < 100 and lengths.max() == 256
+
+    batched = small_batch_reranker.score_pairs(pairs)
+    alone = np.array([small_batch_reranker.score_pairs([pair])[0] for pair in pairs])
+    assert batched.dtype == np.float32 and batched.shape == (50,)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(reranker.score_pairs(pairs), batched, rtol=0, atol=1e-6)  # other budget
+
+    perm = np.random.default_rng(6).permutation(50)
+    shuffled = small_batch_reranker.score_pairs([pairs[i] for i in perm])
+    np.testing.assert_allclose(shuffled, batched[perm], rtol=0, atol=1e-6)
+    assert np.ptp(batched) > 1e-3  # the order check above would be vacuous on constant scores
+
+
+def test_embeddings_do_not_depend_on_packing(small_batch_embedder: Embedder, embedder: Embedder) -> None:
+    texts = _mixed_texts(7, 50, 120)
+    lengths = np.array([len(s) for s in small_batch_embedder.prompt.encode(texts, None)], dtype=np.int64)
+    plan = plan_batches(lengths, 100)
+    assert len(plan) >= 5 and max(map(len, plan)) >= 3 and lengths.max() > 100  # some run alone, over budget
+
+    batched = small_batch_embedder.embed(texts)
+    alone = np.concatenate([small_batch_embedder.embed([text]) for text in texts])
+    assert batched.dtype == np.float32 and batched.shape == (50, 64)
+    assert np.abs(batched - alone).max() <= 1e-6
+    assert np.abs(embedder.embed(texts) - batched).max() <= 1e-6  # other budget
+
+    perm = np.random.default_rng(8).permutation(50)
+    shuffled = small_batch_embedder.embed([texts[i] for i in perm])
+    assert np.abs(shuffled - batched[perm]).max() <= 1e-6
+    assert np.abs(batched[perm] - batched).max() > 1e-3  # the permutation really moved distinct rows
