@@ -1,6 +1,6 @@
 """End-to-end benchmark (same as `qrerank bench`): qrerank vs the official transformers recipes.
 
-    python benchmarks/bench_e2e.py --preset 0.6B --docs 8 --requests 3 --json results.json
+python benchmarks/bench_e2e.py --preset 0.6B --docs 8 --requests 3 --json results.json
 """
 
 import argparse

@@ -46,14 +46,18 @@ def locate(model: str | os.PathLike[str]) -> Path:
         raise ValueError(f"model {str(model)!r} is a file; pass the checkpoint directory that holds config.json")
     name = str(model)
     if os.path.isabs(name) or name.startswith(".") or name.count("/") != 1:
-        raise ValueError(f"model {name!r} is neither an existing directory nor a hub id like 'Qwen/Qwen3-Reranker-0.6B'")
-    from huggingface_hub import snapshot_download  # noqa: PLC0415 (only needed for hub ids)
+        raise ValueError(
+            f"model {name!r} is neither an existing directory nor a hub id like 'Qwen/Qwen3-Reranker-0.6B'"
+        )
+    from huggingface_hub import snapshot_download
 
     try:
         # honours HF_HUB_OFFLINE / HF_HOME; only safetensors weights are ever fetched
         return Path(snapshot_download(name, allow_patterns=_HUB_FILES))
-    except Exception as err:  # noqa: BLE001 (every hub failure gets the same actionable message)
-        offline = " (HF_HUB_OFFLINE is set: only cached snapshots can be used)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    except Exception as err:
+        offline = (
+            " (HF_HUB_OFFLINE is set: only cached snapshots can be used)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        )
         raise ValueError(
             f"model {name!r} is not a local directory and could not be fetched from the Hugging Face hub{offline}: "
             f"{type(err).__name__}: {err}"
@@ -82,7 +86,9 @@ def _read_headers(path: Path) -> dict[str, TensorEntry]:
             if name in entries:
                 raise ValueError(f"tensor {name!r} is stored twice ({entries[name].path.name} and {file.name})")
             if weight_map and weight_map.get(name) != file.name:
-                raise ValueError(f"tensor {name!r} is in {file.name} but {index.name} places it in {weight_map.get(name)!r}")
+                raise ValueError(
+                    f"tensor {name!r} is in {file.name} but {index.name} places it in {weight_map.get(name)!r}"
+                )
             entries[name] = entry
     missing_from_files = sorted(set(weight_map) - set(entries))
     if missing_from_files:
@@ -161,16 +167,18 @@ def load_weights(
     layers = []
     for i in range(ckpt.config.num_hidden_layers):
         p = f"layers.{i}."
-        layers.append(LayerWeights(
-            input_norm=load(p + "input_layernorm.weight"),
-            qkv=fused(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"),
-            q_norm=load(p + "self_attn.q_norm.weight"),
-            k_norm=load(p + "self_attn.k_norm.weight"),
-            o_proj=load(p + "self_attn.o_proj.weight"),
-            post_norm=load(p + "post_attention_layernorm.weight"),
-            gate_up=fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-            down=load(p + "mlp.down_proj.weight"),
-        ))
+        layers.append(
+            LayerWeights(
+                input_norm=load(p + "input_layernorm.weight"),
+                qkv=fused(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"),
+                q_norm=load(p + "self_attn.q_norm.weight"),
+                k_norm=load(p + "self_attn.k_norm.weight"),
+                o_proj=load(p + "self_attn.o_proj.weight"),
+                post_norm=load(p + "post_attention_layernorm.weight"),
+                gate_up=fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
+                down=load(p + "mlp.down_proj.weight"),
+            )
+        )
     head_rows = None
     if head_token_ids is not None:
         source = t[prefix + "embed_tokens.weight"] if ckpt.config.tie_word_embeddings else t["lm_head.weight"]

@@ -12,7 +12,9 @@ from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
 
 
 def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
-    parser.add_argument("--model", default=default_model, help=f"checkpoint directory or hub id (default {default_model})")
+    parser.add_argument(
+        "--model", default=default_model, help=f"checkpoint directory or hub id (default {default_model})"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
@@ -24,7 +26,7 @@ def _read_texts(given: list[str], path: str | None) -> list[str]:
     """Texts from the command line, or one per line from a file ('-' for stdin)."""
     if path is None:
         return given
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
     with stream:
         return given + [line.rstrip("\n") for line in stream]
 
@@ -56,9 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         bench_run.run(args)
         return 0
-    from qrerank import Embedder, Reranker  # noqa: PLC0415 (keeps `qrerank --help` fast)
+    from qrerank import Embedder, Reranker
 
-    engine = dict(device=args.device, dtype=args.dtype, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens)
+    engine = dict(
+        device=args.device, dtype=args.dtype, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens
+    )
     try:
         if args.command == "score":
             docs = _read_texts(args.docs, args.docs_file)

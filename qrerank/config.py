@@ -24,8 +24,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -63,7 +69,9 @@ class ModelConfig:
         if raw.get("attention_bias", False):
             raise ValueError("config.json: attention_bias=true is not supported (Qwen3 has no attention bias)")
         if raw.get("use_sliding_window", False):
-            raise ValueError("config.json: use_sliding_window=true is not supported (Qwen3 attends to the full context)")
+            raise ValueError(
+                "config.json: use_sliding_window=true is not supported (Qwen3 attends to the full context)"
+            )
         # transformers < 5 writes rope_theta/rope_scaling at the top level, transformers >= 5 nests them
         # in rope_parameters; accept both, but only the default (unscaled) RoPE.
         rope = raw.get("rope_parameters") or {}

@@ -71,4 +71,3 @@ class Engine:
                 out[torch.from_numpy(indices).to(device)] = self.model.forward(batch).float()
                 progress.update(int(lengths[indices].sum()))
         return out
-

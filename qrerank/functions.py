@@ -20,8 +20,13 @@ DEFAULT_EMBEDDER = "Qwen/Qwen3-Embedding-0.6B"
 _ENGINE_ARGS = ("device", "dtype", "max_length", "max_batch_tokens")
 
 
-def score(query: str, docs: Sequence[str], *, model: str | os.PathLike[str] = DEFAULT_RERANKER, **kwargs: Any) -> np.ndarray:
-    """`Reranker(model, device=, dtype=, max_length=, max_batch_tokens=).score(query, docs, **rest)` with a cached engine."""
+def score(
+    query: str, docs: Sequence[str], *, model: str | os.PathLike[str] = DEFAULT_RERANKER, **kwargs: Any
+) -> np.ndarray:
+    """`Reranker(model, **engine_args).score(query, docs, **rest)` on a cached engine.
+
+    Engine arguments: device, dtype, max_length, max_batch_tokens; the rest go to `score`.
+    """
     engine_kwargs, call_kwargs = _split(kwargs)
     return _engine(Reranker, os.fspath(model), **engine_kwargs).score(query, docs, **call_kwargs)
 
@@ -29,7 +34,7 @@ def score(query: str, docs: Sequence[str], *, model: str | os.PathLike[str] = DE
 def embed(
     texts: str | Sequence[str], *, model: str | os.PathLike[str] = DEFAULT_EMBEDDER, **kwargs: Any
 ) -> np.ndarray | torch.Tensor:
-    """`Embedder(model, device=, dtype=, max_length=, max_batch_tokens=).embed(texts, **rest)` with a cached engine."""
+    """`Embedder(model, **engine_args).embed(texts, **rest)` on a cached engine (engine arguments as for `score`)."""
     engine_kwargs, call_kwargs = _split(kwargs)
     return _engine(Embedder, os.fspath(model), **engine_kwargs).embed(texts, **call_kwargs)
 

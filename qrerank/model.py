@@ -1,4 +1,4 @@
-"""The Qwen3 forward pass on a packed batch: no padding, no KV cache, only the last token of each sequence reaches the final norm."""
+"""The Qwen3 forward pass on a packed batch: no padding, no KV cache; only last tokens reach the final norm."""
 
 from __future__ import annotations
 
@@ -62,8 +62,14 @@ class Qwen3:
             if i > 0:
                 h, residual = ops.add_rms_norm(h, residual, layer.input_norm, eps)
             q, k, v = ops.qk_norm_rope(
-                F.linear(h, layer.qkv), layer.q_norm, layer.k_norm, self.rope, batch.positions,
-                cfg.num_attention_heads, cfg.num_key_value_heads, eps,
+                F.linear(h, layer.qkv),
+                layer.q_norm,
+                layer.k_norm,
+                self.rope,
+                batch.positions,
+                cfg.num_attention_heads,
+                cfg.num_key_value_heads,
+                eps,
             )
             o = ops.attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, self.scale)  # [T, Hq, D]
             h = F.linear(o.view(t, cfg.q_size), layer.o_proj)

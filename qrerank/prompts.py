@@ -62,7 +62,7 @@ class EmbeddingPrompt:
         probe = "qrerank probe"
         plain = tokenizer.encode(probe, add_special_tokens=False).ids
         full = tokenizer.encode(probe, add_special_tokens=True).ids
-        if full not in (plain, plain + [eos]):
+        if full not in (plain, [*plain, eos]):
             raise ValueError(
                 f"the tokenizer's post-processor turns {plain} into {full}; qrerank supports only the Qwen3 "
                 f"behaviours (append nothing, or append {END_OF_TEXT})"

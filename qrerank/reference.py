@@ -6,6 +6,8 @@ fp32 qrerank matches transformers to rounding, and documents the tensor shapes a
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -77,7 +79,7 @@ def attention(
     del max_seqlen  # part of the kernel's signature; per-sequence calls do not need it
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         # [1, H, L, D] views: the 4-D GQA form takes torch's fused (flash) CPU kernel; 3-D inputs or
         # repeated K/V fall back to a materialised [H, L, L] math path that is several times slower.
         qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))

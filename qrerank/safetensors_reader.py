@@ -58,7 +58,9 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             continue
         dtype = _DTYPES.get(meta.get("dtype"))
         if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {meta.get('dtype')!r}; expected one of {list(_DTYPES)}")
+            raise ValueError(
+                f"{path}: tensor {name!r} has dtype {meta.get('dtype')!r}; expected one of {list(_DTYPES)}"
+            )
         shape = tuple(meta["shape"])
         begin, end = meta["data_offsets"]
         if end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:

@@ -22,14 +22,42 @@ from qrerank.prompts import END_OF_TEXT
 from qrerank.tokenize import bundled_tokenizer_json
 
 PRESETS: dict[str, dict[str, int | bool]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, tie_word_embeddings=True),
-    "0.6B": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "4B": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "8B": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+    ),
+    "0.6B": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "4B": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "8B": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+    ),
 }
 KINDS = ("reranker", "embedding")
 VOCAB_SIZE = 151669  # Qwen3-Embedding-0.6B / Qwen3-Reranker-0.6B; covers every id of the bundled tokenizer
@@ -96,11 +124,17 @@ def _tensor_shapes(config: dict, kind: str) -> dict[str, tuple[int, ...]]:
     for n in range(config["num_hidden_layers"]):
         p = f"{prefix}layers.{n}."
         shapes |= {
-            p + "input_layernorm.weight": (h,), p + "self_attn.q_proj.weight": (q, h),
-            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.v_proj.weight": (kv, h),
-            p + "self_attn.o_proj.weight": (h, q), p + "self_attn.q_norm.weight": (d,),
-            p + "self_attn.k_norm.weight": (d,), p + "post_attention_layernorm.weight": (h,),
-            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (q, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, q),
+            p + "self_attn.q_norm.weight": (d,),
+            p + "self_attn.k_norm.weight": (d,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
         }
     shapes[f"{prefix}norm.weight"] = (h,)
     if kind == "reranker" and not config["tie_word_embeddings"]:
@@ -131,7 +165,9 @@ def _write_weights(path: Path, config: dict, kind: str, seed: int, dtype: torch.
     for s in range(shards):
         file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
         chunk = names[s * per_shard : (s + 1) * per_shard]
-        save_file({n: _random_tensor(shapes[n], generator, dtype) for n in chunk}, path / file, metadata={"format": "pt"})
+        save_file(
+            {n: _random_tensor(shapes[n], generator, dtype) for n in chunk}, path / file, metadata={"format": "pt"}
+        )
         weight_map |= dict.fromkeys(chunk, file)
     total = sum(math.prod(s) for s in shapes.values()) * dtype.itemsize
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -139,7 +175,7 @@ def _write_weights(path: Path, config: dict, kind: str, seed: int, dtype: torch.
 
 
 def _write_tokenizer(path: Path, kind: str) -> None:
-    """The bundled Qwen3 tokenizer; for embeddings with the `$A <|endoftext|>` post-processor the Qwen3-Embedding checkpoints ship."""
+    """The bundled Qwen3 tokenizer; for embeddings, with the `$A <|endoftext|>` post-processor of Qwen3-Embedding."""
     text = bundled_tokenizer_json()
     if kind == "reranker":
         (path / "tokenizer.json").write_text(text, encoding="utf-8")

@@ -55,7 +55,7 @@ def official_rerank(hf: tuple, instruction: str | None, query: str, docs: list[s
     tokenizer, model = hf
     token_false_id = tokenizer.convert_tokens_to_ids("no")
     token_true_id = tokenizer.convert_tokens_to_ids("yes")
-    prefix = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"  # noqa: E501
+    prefix = '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'  # noqa: E501
     suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)
     suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)
@@ -69,7 +69,10 @@ def official_rerank(hf: tuple, instruction: str | None, query: str, docs: list[s
 
     def process_inputs(pairs: list[str]) -> dict:
         inputs = tokenizer(
-            pairs, padding=False, truncation="longest_first", return_attention_mask=False,
+            pairs,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
             max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
         )
         for i, ele in enumerate(inputs["input_ids"]):
@@ -142,7 +145,9 @@ def _queries(instruction: str, texts: list[str]) -> list[str]:
     return [f"Instruct: {instruction}\nQuery:{t}" for t in texts]
 
 
-@pytest.mark.parametrize("instruction", [None, "Given a web search query, retrieve relevant passages that answer the query"])
+@pytest.mark.parametrize(
+    "instruction", [None, "Given a web search query, retrieve relevant passages that answer the query"]
+)
 @pytest.mark.parametrize("dim", [None, 32, 48])
 def test_embedder_matches_official_recipe(
     hf_embedder: tuple, embedder: Embedder, instruction: str | None, dim: int | None

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_BODY, RERANK_PREFIX, RERANK_SUFFIX
 
 
-def _transformers():  # noqa: ANN202 (module object)
+def _transformers():
     try:
-        import transformers  # noqa: PLC0415
+        import transformers
     except ImportError:
         raise SystemExit("the baselines need transformers: pip install 'qrerank[bench]'") from None
     return transformers
@@ -38,7 +38,10 @@ class OfficialReranker:
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         pairs = [RERANK_BODY.format(instruction=DEFAULT_RERANK_INSTRUCTION, query=query, doc=d) for d in docs]
         inputs = self.tokenizer(
-            pairs, padding=False, truncation="longest_first", return_attention_mask=False,
+            pairs,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
             max_length=self.max_length - len(self.prefix) - len(self.suffix),
         )
         inputs["input_ids"] = [self.prefix + ids + self.suffix for ids in inputs["input_ids"]]

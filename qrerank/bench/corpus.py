@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-
 from pydoc_data.topics import topics
 
 

@@ -49,13 +49,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = resolve_dtype(args.dtype, device)
     total = args.requests * args.docs
     texts = corpus.passages(total + 2, args.min_words, args.max_words)
-    work = Workload(corpus.queries(args.requests), [texts[i * args.docs : (i + 1) * args.docs] for i in range(args.requests)])
+    work = Workload(
+        corpus.queries(args.requests), [texts[i * args.docs : (i + 1) * args.docs] for i in range(args.requests)]
+    )
     warmup = Workload(["warm up"], [texts[total:]])
     report: dict[str, Any] = {
-        "environment": {"device": _device_name(device), "dtype": str(dtype), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "python": platform.python_version()},
-        "workload": {"requests": args.requests, "docs_per_request": args.docs,
-                     "words_per_doc": [args.min_words, args.max_words], "max_length": args.max_length},
+        "environment": {
+            "device": _device_name(device),
+            "dtype": str(dtype),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+        },
+        "workload": {
+            "requests": args.requests,
+            "docs_per_request": args.docs,
+            "words_per_doc": [args.min_words, args.max_words],
+            "max_length": args.max_length,
+        },
     }
     with tempfile.TemporaryDirectory(prefix="qrerank-bench-") as tmp:
         for task, kind, given in (("score", "reranker", args.model), ("embed", "embedding", args.embed_model)):
@@ -72,29 +83,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _random_model(path: Path, preset: str, kind: str) -> Path:
-    print(f"building a random-weight Qwen3-{'Reranker' if kind == 'reranker' else 'Embedding'}-{preset}-shaped "
-          f"checkpoint with the bundled Qwen3 tokenizer (no weights are downloaded): speeds are real, scores are not",
-          flush=True)
+    print(
+        f"building a random-weight Qwen3-{'Reranker' if kind == 'reranker' else 'Embedding'}-{preset}-shaped "
+        f"checkpoint with the bundled Qwen3 tokenizer (no weights are downloaded): speeds are real, scores are not",
+        flush=True,
+    )
     return random_checkpoint(path, preset, kind, seed=0, dtype=torch.bfloat16)
 
 
-def _bench_score(model: Path, work: Workload, warmup: Workload, device: torch.device, dtype: torch.dtype,
-                 max_length: int) -> dict[str, Any]:
+def _bench_score(
+    model: Path, work: Workload, warmup: Workload, device: torch.device, dtype: torch.dtype, max_length: int
+) -> dict[str, Any]:
     ours = Reranker(model, device=device, dtype=dtype, max_length=max_length)
     official = OfficialReranker(model, device, dtype, max_length)
     systems = {"official": lambda q, d: official.score(q, d), "qrerank": lambda q, d: ours.score(q, d)}
     runs = _interleave(systems, work, warmup, device)
-    tokens = sum(len(ids) for q, docs in zip(work.queries, work.docs) for ids in ours.prompt.encode([(q, d) for d in docs], None))
+    tokens = sum(
+        len(ids) for q, docs in zip(work.queries, work.docs) for ids in ours.prompt.encode([(q, d) for d in docs], None)
+    )
     diff = max(float(np.abs(a - b).max()) for a, b in zip(runs["official"].outputs, runs["qrerank"].outputs))
     same_order = sum(
         list(np.argsort(-a, kind="stable")) == list(np.argsort(-b, kind="stable"))
         for a, b in zip(runs["official"].outputs, runs["qrerank"].outputs)
     )
-    return _compare(runs, work, tokens) | {"max_abs_score_diff": diff, "identical_rankings": f"{same_order}/{len(work.queries)}"}
+    return _compare(runs, work, tokens) | {
+        "max_abs_score_diff": diff,
+        "identical_rankings": f"{same_order}/{len(work.queries)}",
+    }
 
 
-def _bench_embed(model: Path, work: Workload, warmup: Workload, device: torch.device, dtype: torch.dtype,
-                 max_length: int) -> dict[str, Any]:
+def _bench_embed(
+    model: Path, work: Workload, warmup: Workload, device: torch.device, dtype: torch.dtype, max_length: int
+) -> dict[str, Any]:
     ours = Embedder(model, device=device, dtype=dtype, max_length=max_length)
     official = OfficialEmbedder(model, device, dtype, max_length)
     systems = {"official": lambda q, d: official.embed(d), "qrerank": lambda q, d: ours.embed(d)}
@@ -113,7 +133,7 @@ def _interleave(systems: dict[str, Any], work: Workload, warmup: Workload, devic
     for i, (query, docs) in enumerate(zip(work.queries, work.docs)):
         for name in names if i % 2 == 0 else names[::-1]:
             with PeakMemory(device) as peak:
-                runs[name].timed(lambda fn=systems[name]: fn(query, docs), device)
+                runs[name].timed(lambda fn=systems[name], q=query, d=docs: fn(q, d), device)
             runs[name].peak_memory = max(runs[name].peak_memory, peak.peak)
     return runs
 
@@ -121,7 +141,10 @@ def _interleave(systems: dict[str, Any], work: Workload, warmup: Workload, devic
 def _compare(runs: dict[str, Run], work: Workload, tokens: int) -> dict[str, Any]:
     items = sum(len(d) for d in work.docs)
     summaries = {name: run.summary(items, tokens) for name, run in runs.items()}
-    return summaries | {"tokens": tokens, "speedup": summaries["qrerank"]["items_per_s"] / summaries["official"]["items_per_s"]}
+    return summaries | {
+        "tokens": tokens,
+        "speedup": summaries["qrerank"]["items_per_s"] / summaries["official"]["items_per_s"],
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -136,8 +159,13 @@ def _print_task(task: str, result: dict[str, Any]) -> None:
     print(f"  {'system':<9} {unit:>9} {'tokens/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'peak MB':>9}")
     for name in ("official", "qrerank"):
         s = result[name]
-        print(f"  {name:<9} {s['items_per_s']:9.2f} {s['tokens_per_s']:9.1f} {s['p50_ms']:9.1f} {s['p95_ms']:9.1f} "
-              f"{s['peak_memory_mb']:9.0f}")
-    quality = (f"max |score diff| {result['max_abs_score_diff']:.2e}, identical rankings {result['identical_rankings']}"
-               if task == "score" else f"min cosine {result['min_cosine']:.6f}")
+        print(
+            f"  {name:<9} {s['items_per_s']:9.2f} {s['tokens_per_s']:9.1f} {s['p50_ms']:9.1f} {s['p95_ms']:9.1f} "
+            f"{s['peak_memory_mb']:9.0f}"
+        )
+    quality = (
+        f"max |score diff| {result['max_abs_score_diff']:.2e}, identical rankings {result['identical_rankings']}"
+        if task == "score"
+        else f"min cosine {result['min_cosine']:.6f}"
+    )
     print(f"  speed-up x{result['speedup']:.2f} over the official recipe; {quality}", flush=True)
