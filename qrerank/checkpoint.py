@@ -49,15 +49,14 @@ def locate(model: str | os.PathLike[str]) -> Path:
         raise ValueError(
             f"model {name!r} is neither an existing directory nor a hub id like 'Qwen/Qwen3-Reranker-0.6B'"
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
         # honours HF_HUB_OFFLINE / HF_HOME; only safetensors weights are ever fetched
         return Path(snapshot_download(name, allow_patterns=_HUB_FILES))
     except Exception as err:
-        offline = (
-            " (HF_HUB_OFFLINE is set: only cached snapshots can be used)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        )
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import: report the setting it actually used.
+        offline = " (HF_HUB_OFFLINE is set: only cached snapshots can be used)" if constants.HF_HUB_OFFLINE else ""
         raise ValueError(
             f"model {name!r} is not a local directory and could not be fetched from the Hugging Face hub{offline}: "
             f"{type(err).__name__}: {err}"
@@ -67,7 +66,7 @@ def locate(model: str | os.PathLike[str]) -> Path:
 def _read_headers(path: Path) -> dict[str, TensorEntry]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = _read_weight_map(index)
         files = sorted({path / name for name in weight_map.values()})
     else:
         weight_map, files = {}, sorted(path.glob("*.safetensors"))
@@ -94,6 +93,16 @@ def _read_headers(path: Path) -> dict[str, TensorEntry]:
     if missing_from_files:
         raise ValueError(f"{index.name} lists tensor {missing_from_files[0]!r}, which none of its files holds")
     return entries
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ValueError(f"{index} is not a JSON object: {err}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ValueError(f"{index} has no 'weight_map' object mapping tensor names to file names")
+    return weight_map
 
 
 def _expected_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:

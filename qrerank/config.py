@@ -81,17 +81,17 @@ class ModelConfig:
             raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only the default RoPE)")
         rope_theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
         try:
-            hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+            heads = raw["num_attention_heads"]
             return cls(
                 vocab_size=raw["vocab_size"],
-                hidden_size=hidden,
+                hidden_size=raw["hidden_size"],
                 intermediate_size=raw["intermediate_size"],
                 num_hidden_layers=raw["num_hidden_layers"],
                 num_attention_heads=heads,
                 num_key_value_heads=raw.get("num_key_value_heads", heads),
-                head_dim=raw.get("head_dim") or hidden // heads,
-                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(rope_theta),
+                head_dim=raw.get("head_dim", 128),  # transformers' Qwen3Config default, not hidden/heads
+                rms_norm_eps=_number(raw.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
+                rope_theta=_number(rope_theta, "rope_theta"),
                 max_position_embeddings=raw.get("max_position_embeddings", 40960),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             )
@@ -110,3 +110,9 @@ class ModelConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(raw).__name__}")
         return cls.from_dict(raw)
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config.json: {name} must be a number, got {value!r}")
+    return float(value)

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,22 +52,31 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     data_start = 8 + header_len
-    entries: dict[str, TensorEntry] = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(meta.get("dtype"))
-        if dtype is None:
-            raise ValueError(
-                f"{path}: tensor {name!r} has dtype {meta.get('dtype')!r}; expected one of {list(_DTYPES)}"
-            )
-        shape = tuple(meta["shape"])
-        begin, end = meta["data_offsets"]
-        if end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:
-            raise ValueError(f"{path}: tensor {name!r} has a byte range that does not match its shape {list(shape)}")
-        entries[name] = TensorEntry(path, dtype, shape, data_start + begin)
-    return entries
+    return {name: _entry(path, name, meta, data_start, size) for name, meta in header.items() if name != "__metadata__"}
+
+
+def _entry(path: Path, name: str, meta: Any, data_start: int, size: int) -> TensorEntry:
+    """One header entry, refusing anything that would read outside the tensor's own bytes."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: tensor {name!r} has a corrupt header entry {meta!r:.80}")
+    dtype = _DTYPES.get(meta.get("dtype"))
+    if dtype is None:
+        raise ValueError(f"{path}: tensor {name!r} has dtype {meta.get('dtype')!r}; expected one of {list(_DTYPES)}")
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
+        raise ValueError(f"{path}: tensor {name!r} has a corrupt shape {shape!r} or data_offsets {offsets!r}")
+    begin, end = offsets
+    if begin < 0 or end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:
+        raise ValueError(f"{path}: tensor {name!r} has a byte range {offsets} that does not fit its shape {shape}")
+    return TensorEntry(path, dtype, tuple(shape), data_start + begin)
+
+
+def _ints(values: Any) -> bool:
+    """A list of non-negative ints (bool excluded)."""
+    return isinstance(values, list) and all(type(v) is int and v >= 0 for v in values)
 
 
 def copy_rows(entry: TensorEntry, dest: torch.Tensor, start: int = 0, stop: int | None = None) -> None:

@@ -21,7 +21,9 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object, s
     return code, (json.loads(out) if code == 0 else None), err
 
 
-def test_cli_score_ranks_like_the_api(capsys: pytest.CaptureFixture[str], reranker_dir: Path, reranker: Reranker) -> None:
+def test_cli_score_ranks_like_the_api(
+    capsys: pytest.CaptureFixture[str], reranker_dir: Path, reranker: Reranker
+) -> None:
     docs = ["Paris is the capital of France.", "", "Bananas are yellow.", "France is in Europe."]
     code, result, _ = _run(capsys, "score", "--model", str(reranker_dir), "--max-length", "256", "capital?", *docs)
     assert code == 0
@@ -33,14 +35,25 @@ def test_cli_score_reads_docs_file_and_top_k(
 ) -> None:
     docs = ["one", "two two", "three three three"]
     (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
-    argv = ["score", "--model", str(reranker_dir), "--max-length", "256", "q", "--docs-file", str(tmp_path / "docs.txt")]
+    argv = [
+        "score",
+        "--model",
+        str(reranker_dir),
+        "--max-length",
+        "256",
+        "q",
+        "--docs-file",
+        str(tmp_path / "docs.txt"),
+    ]
     code, result, _ = _run(capsys, *argv, "--top-k", "2")
     assert code == 0
     assert [r["index"] for r in result] == [r["index"] for r in reranker.rank("q", docs, top_k=2)]
 
 
 def test_cli_embed_matches_the_api(capsys: pytest.CaptureFixture[str], embedding_dir: Path, embedder: Embedder) -> None:
-    code, result, _ = _run(capsys, "embed", "--model", str(embedding_dir), "--max-length", "256", "--dim", "32", "a", "b c")
+    code, result, _ = _run(
+        capsys, "embed", "--model", str(embedding_dir), "--max-length", "256", "--dim", "32", "a", "b c"
+    )
     assert code == 0
     np.testing.assert_allclose(np.array(result), embedder.embed(["a", "b c"], dim=32), rtol=0, atol=1e-6)
 

@@ -21,44 +21,84 @@ RERANKER_CALLS: list[Any] = [
     pytest.param(lambda r: r.score(QUERY, "a doc"), TypeError, r"docs must be a list of str.*bare str", id="docs-str"),
     pytest.param(lambda r: r.score(QUERY, None), TypeError, r"docs must be a list of str, got None", id="docs-none"),
     pytest.param(lambda r: r.score(QUERY, 7), TypeError, r"docs must be a list of str, got int", id="docs-int"),
-    pytest.param(lambda r: r.score(QUERY, ["a", "b", None]), TypeError, r"docs\[2\] must be a str, got None",
-                 id="docs-item-none"),
-    pytest.param(lambda r: r.score(QUERY, ["a", 3]), TypeError, r"docs\[1\] must be a str, got int",
-                 id="docs-item-int"),
-    pytest.param(lambda r: r.score_pairs("q d"), TypeError, r"pairs must be a list of \(query, document\)",
-                 id="pairs-str"),
+    pytest.param(
+        lambda r: r.score(QUERY, ["a", "b", None]), TypeError, r"docs\[2\] must be a str, got None", id="docs-item-none"
+    ),
+    pytest.param(
+        lambda r: r.score(QUERY, ["a", 3]), TypeError, r"docs\[1\] must be a str, got int", id="docs-item-int"
+    ),
+    pytest.param(
+        lambda r: r.score_pairs("q d"), TypeError, r"pairs must be a list of \(query, document\)", id="pairs-str"
+    ),
     pytest.param(lambda r: r.score_pairs(None), TypeError, r"pairs must be a list", id="pairs-none"),
-    pytest.param(lambda r: r.score_pairs(["qd"]), TypeError, r"pairs\[0\] must be a \(query, document\) pair",
-                 id="pair-str"),
-    pytest.param(lambda r: r.score_pairs([("q", "d"), ("q",)]), TypeError, r"pairs\[1\] must be a \(query, document\)",
-                 id="pair-short"),
-    pytest.param(lambda r: r.score_pairs([("q", "d", "x")]), TypeError, r"pairs\[0\] must be a \(query, document\)",
-                 id="pair-long"),
-    pytest.param(lambda r: r.score_pairs([("q", "d"), ("q", 1)]), TypeError, r"pairs\[1\]\[1\] must be a str, got int",
-                 id="pair-doc-int"),
-    pytest.param(lambda r: r.score_pairs([(None, "d")]), TypeError, r"pairs\[0\]\[0\] must be a str, got None",
-                 id="pair-query-none"),
+    pytest.param(
+        lambda r: r.score_pairs(["qd"]), TypeError, r"pairs\[0\] must be a \(query, document\) pair", id="pair-str"
+    ),
+    pytest.param(
+        lambda r: r.score_pairs([("q", "d"), ("q",)]),
+        TypeError,
+        r"pairs\[1\] must be a \(query, document\)",
+        id="pair-short",
+    ),
+    pytest.param(
+        lambda r: r.score_pairs([("q", "d", "x")]),
+        TypeError,
+        r"pairs\[0\] must be a \(query, document\)",
+        id="pair-long",
+    ),
+    pytest.param(
+        lambda r: r.score_pairs([("q", "d"), ("q", 1)]),
+        TypeError,
+        r"pairs\[1\]\[1\] must be a str, got int",
+        id="pair-doc-int",
+    ),
+    pytest.param(
+        lambda r: r.score_pairs([(None, "d")]),
+        TypeError,
+        r"pairs\[0\]\[0\] must be a str, got None",
+        id="pair-query-none",
+    ),
     pytest.param(lambda r: r.rank(QUERY, DOCS, top_k=0), ValueError, r"top_k must be >= 1, got 0", id="top_k-0"),
     pytest.param(lambda r: r.rank(QUERY, DOCS, top_k=-2), ValueError, r"top_k must be >= 1, got -2", id="top_k-neg"),
-    pytest.param(lambda r: r.rank(QUERY, DOCS, top_k=1.0), TypeError, r"top_k must be an int, got float",
-                 id="top_k-float"),
+    pytest.param(
+        lambda r: r.rank(QUERY, DOCS, top_k=1.0), TypeError, r"top_k must be an int, got float", id="top_k-float"
+    ),
     pytest.param(lambda r: r.rank(QUERY, DOCS, top_k="2"), TypeError, r"top_k must be an int, got str", id="top_k-str"),
-    pytest.param(lambda r: r.rank(QUERY, DOCS, top_k=True), TypeError, r"top_k must be an int, got bool",
-                 id="top_k-bool"),
-    pytest.param(lambda r: r.rank(QUERY, DOCS, return_documents=1), TypeError, r"return_documents must be a bool",
-                 id="return_documents-int"),
+    pytest.param(
+        lambda r: r.rank(QUERY, DOCS, top_k=True), TypeError, r"top_k must be an int, got bool", id="top_k-bool"
+    ),
+    pytest.param(
+        lambda r: r.rank(QUERY, DOCS, return_documents=1),
+        TypeError,
+        r"return_documents must be a bool",
+        id="return_documents-int",
+    ),
     pytest.param(lambda r: r.rank(5, DOCS), TypeError, r"query must be a str", id="rank-query-int"),
     pytest.param(lambda r: r.score(QUERY, DOCS, raw=1), TypeError, r"raw must be a bool, got int", id="raw-int"),
-    pytest.param(lambda r: r.score(QUERY, [], raw="yes"), TypeError, r"raw must be a bool, got str",
-                 id="raw-str-empty"),
-    pytest.param(lambda r: r.score_pairs([("q", "d")], raw=None), TypeError, r"raw must be a bool, got None",
-                 id="pairs-raw-none"),
-    pytest.param(lambda r: r.score(QUERY, DOCS, instruction=3), TypeError, r"instruction must be a str, got int",
-                 id="instruction-int"),
-    pytest.param(lambda r: r.score(QUERY, [], instruction=["x"]), TypeError, r"instruction must be a str, got list",
-                 id="instruction-list-empty"),
-    pytest.param(lambda r: r.rank(QUERY, DOCS, instruction=b"x"), TypeError, r"instruction must be a str, got bytes",
-                 id="rank-instruction-bytes"),
+    pytest.param(
+        lambda r: r.score(QUERY, [], raw="yes"), TypeError, r"raw must be a bool, got str", id="raw-str-empty"
+    ),
+    pytest.param(
+        lambda r: r.score_pairs([("q", "d")], raw=None), TypeError, r"raw must be a bool, got None", id="pairs-raw-none"
+    ),
+    pytest.param(
+        lambda r: r.score(QUERY, DOCS, instruction=3),
+        TypeError,
+        r"instruction must be a str, got int",
+        id="instruction-int",
+    ),
+    pytest.param(
+        lambda r: r.score(QUERY, [], instruction=["x"]),
+        TypeError,
+        r"instruction must be a str, got list",
+        id="instruction-list-empty",
+    ),
+    pytest.param(
+        lambda r: r.rank(QUERY, DOCS, instruction=b"x"),
+        TypeError,
+        r"instruction must be a str, got bytes",
+        id="rank-instruction-bytes",
+    ),
 ]
 
 
@@ -72,10 +112,12 @@ EMBEDDER_CALLS: list[Any] = [
     pytest.param(lambda e: e.embed(None), TypeError, r"texts must be a list of str, got None", id="texts-none"),
     pytest.param(lambda e: e.embed(3), TypeError, r"texts must be a list of str, got int", id="texts-int"),
     pytest.param(lambda e: e.embed(b"bytes"), TypeError, r"texts must be a list of str.*bare bytes", id="texts-bytes"),
-    pytest.param(lambda e: e.embed(["a", "b", "c", 4]), TypeError, r"texts\[3\] must be a str, got int",
-                 id="texts-item-int"),
-    pytest.param(lambda e: e.embed(["a", None]), TypeError, r"texts\[1\] must be a str, got None",
-                 id="texts-item-none"),
+    pytest.param(
+        lambda e: e.embed(["a", "b", "c", 4]), TypeError, r"texts\[3\] must be a str, got int", id="texts-item-int"
+    ),
+    pytest.param(
+        lambda e: e.embed(["a", None]), TypeError, r"texts\[1\] must be a str, got None", id="texts-item-none"
+    ),
     pytest.param(lambda e: e.embed(["a"], dim=0), ValueError, r"dim must be between 32 and 64, got 0", id="dim-0"),
     pytest.param(lambda e: e.embed(["a"], dim=65), ValueError, r"dim must be between 32 and 64, got 65", id="dim-65"),
     pytest.param(lambda e: e.embed(["a"], dim=31), ValueError, r"dim must be between 32 and 64, got 31", id="dim-31"),
@@ -83,16 +125,27 @@ EMBEDDER_CALLS: list[Any] = [
     pytest.param(lambda e: e.embed(["a"], dim=32.0), TypeError, r"dim must be an int, got float", id="dim-float"),
     pytest.param(lambda e: e.embed(["a"], dim="32"), TypeError, r"dim must be an int, got str", id="dim-str"),
     pytest.param(lambda e: e.embed(["a"], dim=True), TypeError, r"dim must be an int, got bool", id="dim-bool"),
-    pytest.param(lambda e: e.embed(["a"], normalize=1), TypeError, r"normalize must be a bool, got int",
-                 id="normalize-int"),
-    pytest.param(lambda e: e.embed([], normalize=None), TypeError, r"normalize must be a bool, got None",
-                 id="normalize-none-empty"),
-    pytest.param(lambda e: e.embed(["a"], as_tensor="no"), TypeError, r"as_tensor must be a bool, got str",
-                 id="as_tensor-str"),
-    pytest.param(lambda e: e.embed(["a"], show_progress=0), TypeError, r"show_progress must be a bool, got int",
-                 id="show_progress-int"),
-    pytest.param(lambda e: e.embed(["a"], instruction=1), TypeError, r"instruction must be a str, got int",
-                 id="instruction-int"),
+    pytest.param(
+        lambda e: e.embed(["a"], normalize=1), TypeError, r"normalize must be a bool, got int", id="normalize-int"
+    ),
+    pytest.param(
+        lambda e: e.embed([], normalize=None),
+        TypeError,
+        r"normalize must be a bool, got None",
+        id="normalize-none-empty",
+    ),
+    pytest.param(
+        lambda e: e.embed(["a"], as_tensor="no"), TypeError, r"as_tensor must be a bool, got str", id="as_tensor-str"
+    ),
+    pytest.param(
+        lambda e: e.embed(["a"], show_progress=0),
+        TypeError,
+        r"show_progress must be a bool, got int",
+        id="show_progress-int",
+    ),
+    pytest.param(
+        lambda e: e.embed(["a"], instruction=1), TypeError, r"instruction must be a str, got int", id="instruction-int"
+    ),
 ]
 
 
@@ -112,23 +165,26 @@ CONSTRUCTOR_ARGS: list[Any] = [
     pytest.param(dict(max_length=0), ValueError, r"max_length must be >= 1, got 0", id="max_length-0"),
     pytest.param(dict(max_length="10"), TypeError, r"max_length must be an int, got str", id="max_length-str"),
     pytest.param(dict(max_length=None), TypeError, r"max_length must be an int, got None", id="max_length-none"),
-    pytest.param(dict(max_batch_tokens=0), ValueError, r"max_batch_tokens must be >= 1, got 0",
-                 id="max_batch_tokens-0"),
-    pytest.param(dict(max_batch_tokens=1.5), TypeError, r"max_batch_tokens must be an int, got float",
-                 id="max_batch_tokens-float"),
+    pytest.param(
+        dict(max_batch_tokens=0), ValueError, r"max_batch_tokens must be >= 1, got 0", id="max_batch_tokens-0"
+    ),
+    pytest.param(
+        dict(max_batch_tokens=1.5),
+        TypeError,
+        r"max_batch_tokens must be an int, got float",
+        id="max_batch_tokens-float",
+    ),
 ]
 
 
 @pytest.mark.parametrize("cls", [Reranker, Embedder])
 @pytest.mark.parametrize(("kwargs", "error", "message"), CONSTRUCTOR_ARGS)
-def test_constructor_rejects(
-    reranker_dir: Path, cls: type, kwargs: dict[str, Any], error: type, message: str
-) -> None:
+def test_constructor_rejects(reranker_dir: Path, cls: type, kwargs: dict[str, Any], error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         cls(reranker_dir, **{"device": "cpu", **kwargs})
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda")])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7", torch.device("cuda")])
 def test_cuda_device_when_cuda_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, reranker_dir: Path, device: str | torch.device
 ) -> None:
@@ -273,4 +329,3 @@ def test_instruction_formats_embedding_queries(embedder: Embedder) -> None:
         rtol=0,
         atol=1e-6,
     )
-
