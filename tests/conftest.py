@@ -31,3 +31,13 @@ def reranker(reranker_dir: Path) -> Reranker:
 @pytest.fixture(scope="session")
 def embedder(embedding_dir: Path) -> Embedder:
     return Embedder(embedding_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=512)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

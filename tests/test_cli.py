@@ -91,3 +91,11 @@ def test_module_functions_cache_one_engine(reranker_dir: Path, embedding_dir: Pa
     vectors = qrerank.embed("hello", model=embedding_dir, dim=32, **kw)
     assert vectors.shape == (1, 32) and _engine.cache_info().misses == 2
     _engine.cache_clear()
+
+
+def test_embed_progress_bar(capsys: pytest.CaptureFixture[str], embedder: Embedder) -> None:
+    quiet = embedder.embed(["a", "b c"])
+    assert capsys.readouterr().err == ""
+    shown = embedder.embed(["a", "b c"], show_progress=True)
+    assert "tok" in capsys.readouterr().err  # tqdm writes its token counter to stderr
+    np.testing.assert_array_equal(quiet, shown)
