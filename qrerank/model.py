@@ -54,26 +54,25 @@ class Qwen3:
     @torch.inference_mode()
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         cfg, ops, eps = self.config, self.ops, self.config.rms_norm_eps
-        t = batch.input_ids.shape[0]
+        layers = self.weights.layers
+        last = batch.cu_seqlens[1:].long() - 1  # [B]: each sequence's final token
         h = F.embedding(batch.input_ids, self.weights.embed)  # [T, H]
         residual = h
-        h = ops.rms_norm(h, self.weights.layers[0].input_norm, eps)
-        for i, layer in enumerate(self.weights.layers):
+        h = ops.rms_norm(h, layers[0].input_norm, eps)
+        for i, layer in enumerate(layers):
             if i > 0:
                 h, residual = ops.add_rms_norm(h, residual, layer.input_norm, eps)
+            qkv = F.linear(h, layer.qkv)  # [T, (Hq + 2 Hkv) * D]
             q, k, v = ops.qk_norm_rope(
-                F.linear(h, layer.qkv),
-                layer.q_norm,
-                layer.k_norm,
-                self.rope,
-                batch.positions,
-                cfg.num_attention_heads,
-                cfg.num_key_value_heads,
-                eps,
-            )
-            o = ops.attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, self.scale)  # [T, Hq, D]
-            h = F.linear(o.view(t, cfg.q_size), layer.o_proj)
+                qkv, layer.q_norm, layer.k_norm, self.rope, batch.positions,
+                cfg.num_attention_heads, cfg.num_key_value_heads, eps,
+            )  # fmt: skip
+            o = ops.attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, self.scale).flatten(1)  # [T, Hq * D]
+            if i == len(layers) - 1:
+                # Past the last attention nothing mixes tokens and only final tokens are read: the last
+                # o_proj, MLP and norms run on [B] rows instead of [T].
+                o, residual = o[last], residual[last]
+            h = F.linear(o, layer.o_proj)
             h, residual = ops.add_rms_norm(h, residual, layer.post_norm, eps)
             h = F.linear(ops.silu_mul(F.linear(h, layer.gate_up)), layer.down)
-        last = batch.cu_seqlens[1:].long() - 1  # [B]
-        return ops.add_rms_norm(h[last], residual[last], self.weights.norm, eps)[0]  # [B, H]
+        return ops.add_rms_norm(h, residual, self.weights.norm, eps)[0]  # [B, H]
