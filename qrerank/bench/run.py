@@ -34,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embed-model", help="embedding checkpoint; default: random weights")
     parser.add_argument("--preset", default="0.6B", choices=list(PRESETS), help="shape of the random checkpoints")
     parser.add_argument("--task", default="both", choices=["score", "embed", "both"])
-    parser.add_argument("--requests", type=int, default=3, help="timed requests per task (1 query x --docs each)")
-    parser.add_argument("--docs", type=int, default=8, help="documents per request")
+    parser.add_argument("--requests", type=int, default=3, help="timed requests per task")
+    parser.add_argument("--docs", type=int, default=6, help="documents per score request (1 query x docs)")
+    parser.add_argument("--embed-batch", type=int, default=12, help="passages per embed request")
     parser.add_argument("--min-words", type=int, default=12)
-    parser.add_argument("--max-words", type=int, default=112)
+    parser.add_argument("--max-words", type=int, default=96)
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="default: bf16 on cuda, fp32 on cpu")
@@ -47,11 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    total = args.requests * args.docs
-    texts = corpus.passages(total, args.min_words, args.max_words)
-    work = Workload(
-        corpus.queries(args.requests), [texts[i * args.docs : (i + 1) * args.docs] for i in range(args.requests)]
-    )
     warmup = Workload(["warm up"], [corpus.passages(2, 8, 8, seed=1)])  # short: it only loads code paths
     report: dict[str, Any] = {
         "environment": {
@@ -63,7 +59,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "workload": {
             "requests": args.requests,
-            "docs_per_request": args.docs,
+            "docs_per_score_request": args.docs,
+            "texts_per_embed_request": args.embed_batch,
             "words_per_doc": [args.min_words, args.max_words],
             "max_length": args.max_length,
         },
@@ -73,13 +70,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.task not in (task, "both"):
                 continue
             model = locate(given) if given else _random_model(Path(tmp) / kind, args.preset, kind)
-            bench = _bench_score if task == "score" else _bench_embed
+            bench, per_request = (_bench_score, args.docs) if task == "score" else (_bench_embed, args.embed_batch)
+            work = _workload(args.requests, per_request, args.min_words, args.max_words)
             name = given or f"random-weight {args.preset} {kind}"
             report[task] = {"model": name, **bench(model, work, warmup, device, dtype, args.max_length)}
             _print_task(task, report[task])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _workload(requests: int, per_request: int, min_words: int, max_words: int) -> Workload:
+    texts = corpus.passages(requests * per_request, min_words, max_words)
+    return Workload(corpus.queries(requests), [texts[i * per_request : (i + 1) * per_request] for i in range(requests)])
 
 
 def _random_model(path: Path, preset: str, kind: str) -> Path:
