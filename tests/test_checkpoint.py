@@ -643,3 +643,21 @@ def test_hub_id_offline_with_an_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp
         Reranker("Qwen/Qwen3-Reranker-0.6B", **LOAD)
     assert attempts == []  # offline mode was honoured: no connection was even tried
     assert not os.path.exists(tmp_path / "hub" / "models--Qwen--Qwen3-Reranker-0.6B" / "snapshots")
+
+
+def test_hub_id_offline_loads_from_the_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reranker_dir: Path, reranker: Reranker
+) -> None:
+    """A hub id resolves to a snapshot already in huggingface_hub's cache, with no network access."""
+    cache = tmp_path / "hub"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--Qwen--Qwen3-Reranker-0.6B"
+    shutil.copytree(reranker_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("network access attempted"))
+    from_hub = Reranker("Qwen/Qwen3-Reranker-0.6B", device="cpu", max_length=256, max_batch_tokens=512)
+    np.testing.assert_array_equal(from_hub.score("q", ["a", "bb"]), reranker.score("q", ["a", "bb"]))
