@@ -25,7 +25,7 @@ def _word_tokenizer(words: list[str]) -> Tokenizer:
 
 
 def test_reranker_needs_yes_and_no_tokens() -> None:
-    with pytest.raises(ValueError, match="no 'yes'/'no' tokens.*cannot be a Qwen3 reranker"):
+    with pytest.raises(ValueError, match=r"no 'yes'/'no' tokens.*cannot be a Qwen3 reranker"):
         RerankerPrompt(_word_tokenizer(["maybe", "<|endoftext|>"]), max_length=512)
 
 
