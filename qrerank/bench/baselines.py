@@ -6,6 +6,7 @@ Each call processes its whole request as one left-padded batch, exactly like the
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_BODY, RERANK_PREFIX, RERANK_SUFFIX
 
 
-def _transformers():
+def _transformers() -> ModuleType:
     try:
         import transformers
     except ImportError:
