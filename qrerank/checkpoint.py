@@ -105,9 +105,13 @@ def _read_weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def _expected_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+    """Every backbone tensor a Qwen3 checkpoint of `config` stores, by name (under `prefix`), with its shape.
+
+    In the order of the forward pass (embedding, layers, final norm), as transformers writes them.
+    """
     c = config
-    shapes = {f"{prefix}embed_tokens.weight": (c.vocab_size, c.hidden_size), f"{prefix}norm.weight": (c.hidden_size,)}
+    shapes = {f"{prefix}embed_tokens.weight": (c.vocab_size, c.hidden_size)}
     for i in range(c.num_hidden_layers):
         p = f"{prefix}layers.{i}."
         shapes |= {
@@ -123,6 +127,7 @@ def _expected_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, .
             p + "mlp.up_proj.weight": (c.intermediate_size, c.hidden_size),
             p + "mlp.down_proj.weight": (c.hidden_size, c.intermediate_size),
         }
+    shapes[f"{prefix}norm.weight"] = (c.hidden_size,)
     return shapes
 
 
@@ -130,7 +135,7 @@ def _check_names_and_shapes(ckpt: Checkpoint, needs_head: bool) -> str:
     """Return the tensor-name prefix ('model.' for Qwen3ForCausalLM, '' for Qwen3Model) after strict checks."""
     names = set(ckpt.tensors)
     prefix = "model." if any(n.startswith("model.") for n in names) else ""
-    expected = _expected_shapes(ckpt.config, prefix)
+    expected = expected_shapes(ckpt.config, prefix)
     head_shape = (ckpt.config.vocab_size, ckpt.config.hidden_size)
     # lm_head.weight: required when untied and scores are needed; otherwise tolerated (tied checkpoints
     # sometimes store a copy, which transformers also ignores) but still shape-checked.

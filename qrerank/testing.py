@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, processors
 
+from qrerank.checkpoint import expected_shapes
+from qrerank.config import ModelConfig
 from qrerank.prompts import END_OF_TEXT
 from qrerank.tokenize import bundled_tokenizer_json
 
@@ -117,28 +119,11 @@ def random_checkpoint(
 
 
 def _tensor_shapes(config: dict, kind: str) -> dict[str, tuple[int, ...]]:
-    h, i, d = config["hidden_size"], config["intermediate_size"], config["head_dim"]
-    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-    prefix = "model." if kind == "reranker" else ""
-    shapes: dict[str, tuple[int, ...]] = {f"{prefix}embed_tokens.weight": (config["vocab_size"], h)}
-    for n in range(config["num_hidden_layers"]):
-        p = f"{prefix}layers.{n}."
-        shapes |= {
-            p + "input_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (q, h),
-            p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h),
-            p + "self_attn.o_proj.weight": (h, q),
-            p + "self_attn.q_norm.weight": (d,),
-            p + "self_attn.k_norm.weight": (d,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "mlp.gate_proj.weight": (i, h),
-            p + "mlp.up_proj.weight": (i, h),
-            p + "mlp.down_proj.weight": (h, i),
-        }
-    shapes[f"{prefix}norm.weight"] = (h,)
+    """The loader's own table of expected tensors, so the two cannot drift apart; transformers, which
+    loads these checkpoints in the parity tests, checks that the names are the real Qwen3 ones."""
+    shapes = expected_shapes(ModelConfig.from_dict(config), "model." if kind == "reranker" else "")
     if kind == "reranker" and not config["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (config["vocab_size"], h)
+        shapes["lm_head.weight"] = (config["vocab_size"], config["hidden_size"])
     return shapes
 
 
