@@ -67,23 +67,46 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float,
+    prefix_offsets: torch.Tensor | None = None,
+    prefix_lens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal GQA attention confined to each packed sequence.
+    """Causal GQA attention confined to each packed sequence, optionally after a shared prefix.
 
     q [T, Hq, D], k/v [T, Hkv, D], cu_seqlens [B+1] (int32, starts at 0) -> [T, Hq, D].
+    prefix_offsets/prefix_lens [B] (int32, both or neither): sequence b first attends, without a mask,
+    to the prefix_lens[b] keys starting at token prefix_offsets[b] (a shared prefix packed as its own
+    sequence elsewhere in the batch), then to its own keys causally; 0 means no prefix.
     One fused SDPA call per sequence: no [T, T] mask over the packed batch, memory O(max_seqlen^2)
     per head at worst. Reading cu_seqlens on the host synchronises a GPU; the Triton kernel that
     replaces this on CUDA finds each sequence on the device instead.
     """
     del max_seqlen  # part of the kernel's signature; per-sequence calls do not need it
+    if (prefix_offsets is None) != (prefix_lens is None):
+        raise ValueError("prefix_offsets and prefix_lens go together: pass both or neither")
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
-    for start, end in itertools.pairwise(bounds):
+    if prefix_offsets is None or prefix_lens is None:
+        prefixes = [(0, 0)] * (len(bounds) - 1)
+    else:
+        prefixes = list(zip(prefix_offsets.tolist(), prefix_lens.tolist()))
+    for (start, end), (p_start, p_len) in zip(itertools.pairwise(bounds), prefixes):
         # [1, H, L, D] views: the 4-D GQA form takes torch's fused (flash) CPU kernel; 3-D inputs or
         # repeated K/V fall back to a materialised [H, L, L] math path that is several times slower.
         qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
-        o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        if p_len == 0:
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            kp, vp = (x[p_start : p_start + p_len].transpose(0, 1)[None] for x in (k, v))
+            ks, vs = torch.cat((kp, ks), dim=2), torch.cat((vp, vs), dim=2)  # [1, Hkv, P + L, D]
+            # Query i (0-based within its sequence) sees every prefix key and own keys 0..i.
+            visible = torch.ones(end - start, p_len + end - start, dtype=torch.bool, device=q.device).tril(p_len)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=scale, enable_gqa=True)
         out[start:end] = o[0].transpose(0, 1)
     return out
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter (its documented debug
+    # knob). It must be set before any kernel module is imported, because @triton.jit reads it then.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from qrerank import Embedder, Reranker
 from qrerank.testing import random_checkpoint

@@ -88,6 +88,30 @@ def test_attention_matches_dense_block_causal(dtype: torch.dtype, lengths: list[
     torch.testing.assert_close(got.float(), expected.transpose(0, 1), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("prefix_len", [1, 2, 13])
+@pytest.mark.parametrize("lengths", [[1], [4, 1, 9]])
+def test_attention_after_shared_prefix_equals_attention_on_the_whole_sequence(
+    prefix_len: int, lengths: list[int]
+) -> None:
+    """Each sequence attending to a shared prefix packed once = that sequence with the prefix prepended."""
+    torch.manual_seed(3)
+    heads, kv_heads, head_dim = 4, 2, 64
+    seqs = [torch.randn(prefix_len + n, 2 * kv_heads + heads, head_dim) for n in lengths]
+    seqs = [torch.cat([seqs[0][:prefix_len], s[prefix_len:]]) for s in seqs]  # the same prefix rows in each
+    full = [reference.attention(*s.split([heads, kv_heads, kv_heads], 1), _packed_lengths([len(s)]), len(s), 0.125)
+            for s in seqs]  # fmt: skip
+    # packed: the prefix once as its own sequence, then each suffix pointing at it
+    packed = torch.cat([seqs[0][:prefix_len]] + [s[prefix_len:] for s in seqs])
+    q, k, v = packed.split([heads, kv_heads, kv_heads], 1)
+    cu = _packed_lengths([prefix_len, *lengths])
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    lens = torch.tensor([0] + [prefix_len] * len(lengths), dtype=torch.int32)
+    got = reference.attention(q, k, v, cu, max(lengths), 0.125, offsets, lens)
+    torch.testing.assert_close(got[:prefix_len], full[0][:prefix_len], rtol=1e-6, atol=1e-6)
+    for i, (start, end) in enumerate(zip(cu[1:-1].tolist(), cu[2:].tolist())):
+        torch.testing.assert_close(got[start:end], full[i][prefix_len:], rtol=1e-6, atol=1e-6)
+
+
 def test_silu_mul_splits_gate_then_up() -> None:
     gate, up = torch.randn(3, 40), torch.randn(3, 40)
     torch.testing.assert_close(reference.silu_mul(torch.cat([gate, up], dim=-1)), F.silu(gate) * up, rtol=0, atol=0)
