@@ -2,7 +2,8 @@
 
 from qrerank.embedder import Embedder
 from qrerank.functions import embed, score
+from qrerank.requests import EmbedRequest, ScoreRequest
 from qrerank.reranker import Reranker
 
-__all__ = ["Embedder", "Reranker", "embed", "score"]
+__all__ = ["EmbedRequest", "Embedder", "Reranker", "ScoreRequest", "embed", "score"]
 __version__ = "0.1.0"

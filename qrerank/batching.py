@@ -1,4 +1,11 @@
-"""Length-bucketed packing: token sequences -> micro-batches of flat (input_ids, positions, cu_seqlens)."""
+"""Length-bucketed packing with shared prefixes: token sequences -> micro-batches of flat packed tokens.
+
+Sequences come in groups (the documents of one query, the texts of one request). The longest common
+prefix of a group's token ids (for the reranker: template, instruction and query) is packed once per
+micro-batch as a sequence of its own; each member then contributes only its own tokens, which attend
+to the prefix's keys and values and continue its positions. The prefix is decided on the fully
+tokenized sequences, so the tokens are exactly the official ones whatever BPE does at the boundary.
+"""
 
 from __future__ import annotations
 
@@ -11,49 +18,131 @@ import torch
 
 
 @dataclass(frozen=True)
+class Part:
+    """The members of one group that share one micro-batch, and the length of their shared prefix."""
+
+    members: np.ndarray  # [n] int64: indices into the caller's sequences
+    prefix_len: int  # 0: no shared prefix, each member packed whole
+
+
+@dataclass(frozen=True)
 class PackedBatch:
-    input_ids: torch.Tensor  # [T] int64: the sequences back to back, no padding
-    positions: torch.Tensor  # [T] int64: 0..len-1 within each sequence
-    cu_seqlens: torch.Tensor  # [B+1] int32: sequence b is tokens cu_seqlens[b]:cu_seqlens[b+1]
+    input_ids: torch.Tensor  # [T] int64: the packed sequences back to back, no padding
+    positions: torch.Tensor  # [T] int64: position of each token in its full (prefix + own) sequence
+    cu_seqlens: torch.Tensor  # [S+1] int32: packed sequence s is tokens cu_seqlens[s]:cu_seqlens[s+1]
     max_seqlen: int
-    indices: np.ndarray  # [B] int64: where each sequence sits in the caller's list
+    prefix_offsets: torch.Tensor | None  # [S] int32: first token of the prefix sequence s attends to
+    prefix_lens: torch.Tensor | None  # [S] int32: its length (0: none); both None when the batch shares nothing
+    last_tokens: torch.Tensor  # [B] int64: the final token of each output sequence (prefixes have none)
+    rows: torch.Tensor  # [B] int64, on the device: where each output sits in the caller's list
+    indices: np.ndarray  # [B] int64: the same on the host
 
 
-def plan_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
-    """Group sequence indices into micro-batches of at most `max_batch_tokens` tokens.
+def shared_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
+    """Longest common prefix of the token ids, leaving every sequence at least one token of its own.
 
-    Sequences are sorted by length so each micro-batch holds similar lengths (the attention work per
-    token stays even, and a later padded kernel wastes little). Longest first: the largest batch runs
-    first, so memory trouble shows at once. A sequence longer than the budget runs alone.
+    Fewer than two sequences share nothing. The prefix common to all sequences is the one common to
+    the lexicographically smallest and largest, so one vectorised comparison of those two suffices.
     """
-    order = np.argsort(-lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start, tokens = 0, 0
-    for pos, length in enumerate(lengths[order].tolist()):
-        if tokens and tokens + length > max_batch_tokens:
-            batches.append(order[start:pos])
-            start, tokens = pos, 0
-        tokens += length
-    if len(order):
-        batches.append(order[start:])
+    if len(sequences) < 2:
+        return 0
+    low, high = min(sequences), max(sequences)
+    shortest = min(map(len, sequences))
+    a, b = np.asarray(low[:shortest]), np.asarray(high[:shortest])
+    mismatch = np.flatnonzero(a != b)
+    common = int(mismatch[0]) if len(mismatch) else shortest
+    return min(common, shortest - 1)
+
+
+def plan_batches(
+    lengths: np.ndarray, groups: Sequence[np.ndarray], prefix_lens: Sequence[int], max_batch_tokens: int
+) -> list[list[Part]]:
+    """Micro-batches of at most `max_batch_tokens` packed tokens, counting each part's prefix once.
+
+    Within a group members go longest first, so similar lengths share a micro-batch and memory trouble
+    shows at once; groups stay contiguous so a prefix is repeated only where a group spans two batches.
+    A member that alone exceeds the budget runs alone (with its prefix).
+    """
+    batches: list[list[Part]] = []
+    current: list[Part] = []
+    tokens = 0
+    for members, prefix in zip(groups, prefix_lens):
+        order = members[np.argsort(-lengths[members], kind="stable")]
+        start = 0
+        for pos, own in enumerate((lengths[order] - prefix).tolist()):
+            cost = own + (prefix if pos == start else 0)  # the prefix enters with the part's first member
+            if tokens and tokens + cost > max_batch_tokens:
+                if pos > start:
+                    current.append(Part(order[start:pos], prefix))
+                batches.append(current)
+                current, tokens, start, cost = [], 0, pos, own + prefix
+            tokens += cost
+        if start < len(order):
+            current.append(Part(order[start:], prefix))
+    if current:
+        batches.append(current)
     return batches
 
 
-def pack(sequences: Sequence[Sequence[int]], indices: np.ndarray, device: torch.device) -> PackedBatch:
-    """Pack the sequences selected by `indices` (each non-empty) into one flat batch on `device`."""
-    chosen = [sequences[i] for i in indices.tolist()]
-    lengths = np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen))
+def pack(sequences: Sequence[Sequence[int]], parts: Sequence[Part], device: torch.device) -> PackedBatch:
+    """Pack one planned micro-batch (each sequence non-empty) into flat tensors on `device`."""
+    pieces: list[Sequence[int]] = []  # the packed sequences' token ids
+    starts: list[int] = []  # position of each packed sequence's first token
+    prefix_of: list[int] = []  # index of the packed prefix sequence each one attends to, -1 for none
+    outputs: list[int] = []  # packed sequences whose final token is read
+    for part in parts:
+        prefix = part.prefix_len
+        chosen = [sequences[i] for i in part.members.tolist()]
+        owner = -1
+        if prefix:
+            owner = len(pieces)
+            pieces.append(chosen[0][:prefix])
+            starts.append(0)
+            prefix_of.append(-1)
+        for seq in chosen:
+            outputs.append(len(pieces))
+            pieces.append(seq[prefix:])
+            starts.append(prefix)
+            prefix_of.append(owner)
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
     assert lengths.min() > 0, "every packed sequence needs at least one token"
-    cu_seqlens = np.zeros(len(chosen) + 1, dtype=np.int32)
+    cu_seqlens = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu_seqlens[1:])
     total = int(cu_seqlens[-1])
-    input_ids = np.fromiter(chain.from_iterable(chosen), dtype=np.int64, count=total)
-    positions = np.arange(total, dtype=np.int64) - np.repeat(cu_seqlens[:-1].astype(np.int64), lengths)
+    first_position = np.asarray(starts, dtype=np.int64)
+    token_seq_start = np.repeat(cu_seqlens[:-1] - first_position, lengths)
+    out_seqs = np.asarray(outputs, dtype=np.int64)
+    indices = np.concatenate([part.members for part in parts])
+
+    # Two staging buffers (int64, int32) -> two host-to-device copies per micro-batch.
+    wide = np.concatenate(
+        [
+            np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total),  # input_ids
+            np.arange(total, dtype=np.int64) - token_seq_start,  # positions
+            cu_seqlens[1:][out_seqs] - 1,  # last_tokens
+            indices,  # rows
+        ]
+    )
+    shared = any(part.prefix_len for part in parts)
+    narrow_parts = [cu_seqlens.astype(np.int32)]
+    if shared:
+        prefix_idx = np.asarray(prefix_of, dtype=np.int64)
+        has_prefix = prefix_idx >= 0
+        narrow_parts.append(np.where(has_prefix, cu_seqlens[prefix_idx], 0).astype(np.int32))  # prefix_offsets
+        narrow_parts.append(np.where(has_prefix, lengths[prefix_idx], 0).astype(np.int32))  # prefix_lens
+    wide_t, narrow_t = _to_device(wide, device), _to_device(np.concatenate(narrow_parts), device)
+    n_seq, n_out = len(pieces), len(outputs)
+    input_ids, positions, last_tokens, rows = wide_t.split([total, total, n_out, n_out])
+    cu = narrow_t[: n_seq + 1]
     return PackedBatch(
-        input_ids=_to_device(input_ids, device),
-        positions=_to_device(positions, device),
-        cu_seqlens=_to_device(cu_seqlens, device),
+        input_ids=input_ids,
+        positions=positions,
+        cu_seqlens=cu,
         max_seqlen=int(lengths.max()),
+        prefix_offsets=narrow_t[n_seq + 1 : 2 * n_seq + 1] if shared else None,
+        prefix_lens=narrow_t[2 * n_seq + 1 :] if shared else None,
+        last_tokens=last_tokens,
+        rows=rows,
         indices=indices,
     )
 

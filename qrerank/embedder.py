@@ -12,13 +12,18 @@ import torch.nn.functional as F
 from qrerank.checkpoint import Checkpoint
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
 from qrerank.prompts import EmbeddingPrompt
-from qrerank.validation import check_bool, check_int, check_optional_str, check_str_list
+from qrerank.requests import EmbedRequest
+from qrerank.validation import check_bool, check_int
 
 MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 
 
 class Embedder:
-    """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device."""
+    """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device.
+
+    `backend` and `share_prefix` as for Reranker; a request's texts form one group, so an
+    instruction's tokens are computed once per micro-batch.
+    """
 
     def __init__(
         self,
@@ -28,8 +33,10 @@ class Embedder:
         dtype: str | torch.dtype | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        backend: str | None = None,
+        share_prefix: bool = True,
     ) -> None:
-        options = EngineOptions.validate(device, dtype, max_length, max_batch_tokens)
+        options = EngineOptions.validate(device, dtype, max_length, max_batch_tokens, backend, share_prefix)
         ckpt = Checkpoint.open(model)
         self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length)
         self.engine = Engine(ckpt, options)
@@ -62,17 +69,33 @@ class Embedder:
         `dim` keeps the first `dim` components (Matryoshka), renormalised when `normalize`.
         `as_tensor=True` returns a torch tensor on the engine's device instead of a numpy array.
         """
-        texts = [texts] if isinstance(texts, str) else check_str_list(texts, "texts")
-        check_optional_str(instruction, "instruction")
-        dim = self.dim if dim is None else check_int(dim, "dim", min(MIN_DIM, self.dim), self.dim)
-        check_bool(normalize, "normalize")
+        request = EmbedRequest(texts, instruction, dim, normalize)
+        return self.embed_batch([request], as_tensor=as_tensor, show_progress=show_progress)[0]
+
+    def check(self, request: EmbedRequest) -> None:
+        """Raise ValueError if the request does not fit this model (its `dim`); types were checked on construction."""
+        if request.dim is not None:
+            check_int(request.dim, "dim", min(MIN_DIM, self.dim), self.dim)
+
+    def embed_batch(
+        self, requests: Sequence[EmbedRequest], *, as_tensor: bool = False, show_progress: bool = False
+    ) -> list[np.ndarray] | list[torch.Tensor]:
+        """Several requests in one engine pass (how a server merges concurrent callers): one [n_i, dim_i] each."""
         check_bool(as_tensor, "as_tensor")
         check_bool(show_progress, "show_progress")
-        if texts:
-            hidden = self.engine.run(self.prompt.encode(texts, instruction), show_progress)  # [n, H] fp32
+        for i, request in enumerate(requests):
+            if not isinstance(request, EmbedRequest):
+                raise TypeError(f"requests[{i}] must be an EmbedRequest, got {type(request).__name__}")
+            self.check(request)
+        groups = [self.prompt.encode(r.texts, r.instruction) for r in requests]
+        if any(groups):
+            hidden = self.engine.run(groups, show_progress)  # [N, H] fp32
         else:
             hidden = torch.empty((0, self.dim), dtype=torch.float32, device=self.device)
-        vectors = hidden[:, :dim]
-        if normalize:
-            vectors = F.normalize(vectors, p=2, dim=-1)
-        return vectors if as_tensor else vectors.cpu().numpy()
+        results = []
+        for request, states in zip(requests, hidden.split([len(g) for g in groups])):
+            vectors = states[:, : request.dim or self.dim]
+            if request.normalize:
+                vectors = F.normalize(vectors, p=2, dim=-1)
+            results.append(vectors if as_tensor else vectors.cpu().numpy())
+        return results

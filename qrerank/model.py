@@ -1,4 +1,8 @@
-"""The Qwen3 forward pass on a packed batch: no padding, no KV cache; only last tokens reach the final norm."""
+"""The Qwen3 forward pass on a packed batch: no padding, no KV cache; only last tokens reach the final norm.
+
+Shared prefixes are packed as sequences of their own; the attention op lets each sequence attend to
+its prefix's keys and values, and positions already continue after the prefix.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ class Qwen3:
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         cfg, ops, eps = self.config, self.ops, self.config.rms_norm_eps
         layers = self.weights.layers
-        last = batch.cu_seqlens[1:].long() - 1  # [B]: each sequence's final token
+        last = batch.last_tokens  # [B]: each output sequence's final token
         h = F.embedding(batch.input_ids, self.weights.embed)  # [T, H]
         residual = h
         h = ops.rms_norm(h, layers[0].input_norm, eps)
@@ -67,7 +71,9 @@ class Qwen3:
                 qkv, layer.q_norm, layer.k_norm, self.rope, batch.positions,
                 cfg.num_attention_heads, cfg.num_key_value_heads, eps,
             )  # fmt: skip
-            o = ops.attention(q, k, v, batch.cu_seqlens, batch.max_seqlen, self.scale).flatten(1)  # [T, Hq * D]
+            o = ops.attention(
+                q, k, v, batch.cu_seqlens, batch.max_seqlen, self.scale, batch.prefix_offsets, batch.prefix_lens
+            ).flatten(1)  # [T, Hq * D]
             if i == len(layers) - 1:
                 # Past the last attention nothing mixes tokens and only final tokens are read: the last
                 # o_proj, MLP and norms run on [B] rows instead of [T].

@@ -1,8 +1,8 @@
 """The one place the model's fused ops are chosen.
 
-The model calls `ops.rms_norm(...)` etc. on an `Ops` bundle picked once per engine; the Triton
-kernels of `qrerank.kernels` slot in here for CUDA tensors without any change to model.py. Every
-entry has the signature of its twin in reference.py.
+The model calls `ops.rms_norm(...)` etc. on an `Ops` bundle picked once per engine: the Triton
+kernels of `qrerank.kernels` (the default on CUDA) or their torch twins in reference.py (the default
+on CPU, and `backend="torch"` anywhere). Every kernel has the signature of its twin.
 """
 
 from __future__ import annotations
@@ -35,7 +35,20 @@ TORCH_OPS = Ops(
 )
 
 
-def ops_for(device: torch.device) -> Ops:
-    """The op bundle for a device. Only the torch references exist so far, on every device."""
-    del device
-    return TORCH_OPS
+def triton_ops() -> Ops:
+    """The Triton kernels; imported on first use so that CPU-only installs never load Triton."""
+    from qrerank.kernels import attention, qk_norm_rope, rms_norm, silu_mul
+
+    return Ops(
+        name="triton",
+        rms_norm=rms_norm.rms_norm,
+        add_rms_norm=rms_norm.add_rms_norm,
+        qk_norm_rope=qk_norm_rope.qk_norm_rope,
+        attention=attention.attention,
+        silu_mul=silu_mul.silu_mul,
+    )
+
+
+def ops_for(backend: str) -> Ops:
+    """The op bundle of a backend name ("torch" or "triton", as validation.resolve_backend returns)."""
+    return triton_ops() if backend == "triton" else TORCH_OPS

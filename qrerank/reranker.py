@@ -12,13 +12,16 @@ import torch
 from qrerank.checkpoint import Checkpoint
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
 from qrerank.prompts import RerankerPrompt
-from qrerank.validation import check_bool, check_int, check_optional_str, check_pairs, check_str, check_str_list
+from qrerank.requests import ScoreRequest
+from qrerank.validation import check_bool, check_int, check_optional_str, check_pairs
 
 
 class Reranker:
     """A Qwen3-Reranker checkpoint (local directory or hub id) loaded on one device.
 
     Only the two LM-head rows of "yes" and "no" are loaded; a score costs one dot product.
+    `backend`: "triton" (qrerank's kernels; the default on CUDA) or "torch" (reference ops; the
+    default on CPU). `share_prefix`: run the token prefix common to one query's documents once.
     """
 
     def __init__(
@@ -29,8 +32,10 @@ class Reranker:
         dtype: str | torch.dtype | None = None,
         max_length: int = DEFAULT_MAX_LENGTH,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        backend: str | None = None,
+        share_prefix: bool = True,
     ) -> None:
-        options = EngineOptions.validate(device, dtype, max_length, max_batch_tokens)
+        options = EngineOptions.validate(device, dtype, max_length, max_batch_tokens, backend, share_prefix)
         ckpt = Checkpoint.open(model)
         self.prompt = RerankerPrompt(ckpt.tokenizer, options.max_length)
         self.engine = Engine(ckpt, options, head_token_ids=self.prompt.yes_no_ids)
@@ -52,15 +57,35 @@ class Reranker:
 
         `raw=True` returns logit(yes) - logit(no) instead of the probability sigmoid of it.
         """
-        check_str(query, "query")
-        docs = check_str_list(docs, "docs")
-        return self._score([(query, d) for d in docs], instruction, raw)
+        return self.score_batch([ScoreRequest(query, docs, instruction)], raw=raw)[0]
 
     def score_pairs(
         self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None, raw: bool = False
     ) -> np.ndarray:
         """Scores of independent (query, document) pairs: float32 [len(pairs)]."""
-        return self._score(check_pairs(pairs), instruction, raw)
+        pairs = check_pairs(pairs)
+        check_optional_str(instruction, "instruction")
+        by_query: dict[str, list[int]] = {}  # pairs of one query share a prompt prefix
+        for i, (query, _) in enumerate(pairs):
+            by_query.setdefault(query, []).append(i)
+        requests = [ScoreRequest(q, [pairs[i][1] for i in idx], instruction) for q, idx in by_query.items()]
+        scores = np.empty(len(pairs), dtype=np.float32)
+        for idx, values in zip(by_query.values(), self.score_batch(requests, raw=raw)):
+            scores[idx] = values
+        return scores
+
+    def score_batch(self, requests: Sequence[ScoreRequest], *, raw: bool = False) -> list[np.ndarray]:
+        """Several requests in one engine pass (how a server merges concurrent callers): a float32 array each."""
+        check_bool(raw, "raw")
+        for i, request in enumerate(requests):
+            if not isinstance(request, ScoreRequest):
+                raise TypeError(f"requests[{i}] must be a ScoreRequest, got {type(request).__name__}")
+        groups = [self.prompt.encode([(r.query, d) for d in r.docs], r.instruction) for r in requests]
+        if not any(groups):
+            return [np.empty(0, dtype=np.float32) for _ in requests]
+        logits = self.engine.run(groups) @ self._yes_minus_no  # [N]
+        scores = (logits if raw else torch.sigmoid(logits)).cpu().numpy()
+        return np.split(scores, np.cumsum([len(g) for g in groups])[:-1])
 
     def rank(
         self,
@@ -82,12 +107,3 @@ class Reranker:
             for result in results:
                 result["document"] = docs[result["index"]]
         return results
-
-    def _score(self, pairs: list[tuple[str, str]], instruction: str | None, raw: bool) -> np.ndarray:
-        check_optional_str(instruction, "instruction")
-        check_bool(raw, "raw")
-        if not pairs:
-            return np.empty(0, dtype=np.float32)
-        hidden = self.engine.run(self.prompt.encode(pairs, instruction))  # [N, H] fp32
-        logits = hidden @ self._yes_minus_no  # [N]
-        return (logits if raw else torch.sigmoid(logits)).cpu().numpy()

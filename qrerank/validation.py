@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,3 +109,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in _FLOAT_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported; use torch.float32, bfloat16, float16 or float64")
     return dtype
+
+
+BACKENDS = ("torch", "triton")
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """None -> "triton" on CUDA, "torch" on CPU. "triton" on CPU runs the kernels in Triton's interpreter."""
+    if backend is None:
+        return "triton" if device.type == "cuda" else "torch"
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {_type_name(backend)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "backend='triton' on device 'cpu' runs the kernels in Triton's interpreter, a slow debugging aid: "
+            "set TRITON_INTERPRET=1 before qrerank is imported, or use backend='torch'"
+        )
+    return backend
