@@ -84,8 +84,40 @@ def plan_batches(
     return batches
 
 
-def pack(sequences: Sequence[Sequence[int]], parts: Sequence[Part], device: torch.device) -> PackedBatch:
-    """Pack one planned micro-batch (each sequence non-empty) into flat tensors on `device`."""
+def batch_size(parts: Sequence[Part], lengths: np.ndarray) -> tuple[int, int]:
+    """(packed tokens, packed sequences) of a planned micro-batch, prefixes counted once per part."""
+    tokens = sum(part.prefix_len + int((lengths[part.members] - part.prefix_len).sum()) for part in parts)
+    return tokens, sum(len(part.members) + (part.prefix_len > 0) for part in parts)
+
+
+def split_parts(parts: Sequence[Part]) -> tuple[list[Part], list[Part]]:
+    """Two micro-batches, each with about half of the outputs (of at least two); parts keep their prefix."""
+    remaining = sum(len(part.members) for part in parts) // 2
+    assert remaining > 0, "a single sequence cannot be split"
+    first: list[Part] = []
+    second: list[Part] = []
+    for part in parts:
+        take = min(remaining, len(part.members))
+        remaining -= take
+        if take:
+            first.append(Part(part.members[:take], part.prefix_len))
+        if take < len(part.members):
+            second.append(Part(part.members[take:], part.prefix_len))
+    return first, second
+
+
+def pack(
+    sequences: Sequence[Sequence[int]],
+    parts: Sequence[Part],
+    device: torch.device,
+    pad_to: tuple[int, int] | None = None,
+) -> PackedBatch:
+    """Pack one planned micro-batch (each sequence non-empty) into flat tensors on `device`.
+
+    `pad_to=(tokens, seqs)` pads to a fixed shape (a captured CUDA graph's): the spare tokens form one
+    padding sequence, the spare sequences have zero length, the spare outputs read token 0, and the
+    prefix tensors are always present (zeros where nothing is shared).
+    """
     pieces: list[Sequence[int]] = []  # the packed sequences' token ids
     starts: list[int] = []  # position of each packed sequence's first token
     prefix_of: list[int] = []  # index of the packed prefix sequence each one attends to, -1 for none
@@ -106,24 +138,36 @@ def pack(sequences: Sequence[Sequence[int]], parts: Sequence[Part], device: torc
             prefix_of.append(owner)
     lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
     assert lengths.min() > 0, "every packed sequence needs at least one token"
-    cu_seqlens = np.zeros(len(pieces) + 1, dtype=np.int64)
+    indices = np.concatenate([part.members for part in parts])
+    n_out = len(outputs)
+    if pad_to is not None:
+        padded_tokens, padded_seqs = pad_to
+        spare = padded_tokens - int(lengths.sum())
+        n_extra = padded_seqs - len(pieces)
+        assert spare >= 0 and n_extra >= (spare > 0), f"cannot pad {len(pieces)} sequences to {pad_to}"
+        pieces += [[0] * spare] if spare else []  # the padding sequence: id 0, never read
+        extra_lengths = [spare] * (spare > 0) + [0] * (n_extra - (spare > 0))
+        lengths = np.concatenate([lengths, np.asarray(extra_lengths, dtype=np.int64)])
+        starts += [0] * n_extra
+        prefix_of += [-1] * n_extra
+    cu_seqlens = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu_seqlens[1:])
     total = int(cu_seqlens[-1])
-    first_position = np.asarray(starts, dtype=np.int64)
-    token_seq_start = np.repeat(cu_seqlens[:-1] - first_position, lengths)
-    out_seqs = np.asarray(outputs, dtype=np.int64)
-    indices = np.concatenate([part.members for part in parts])
+    token_first_position = np.repeat(cu_seqlens[:-1] - np.asarray(starts, dtype=np.int64), lengths)
+    last_tokens = cu_seqlens[1:][np.asarray(outputs, dtype=np.int64)] - 1
+    if pad_to is not None:
+        last_tokens = np.concatenate([last_tokens, np.zeros(pad_to[1] - n_out, dtype=np.int64)])
 
     # Two staging buffers (int64, int32) -> two host-to-device copies per micro-batch.
     wide = np.concatenate(
         [
             np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total),  # input_ids
-            np.arange(total, dtype=np.int64) - token_seq_start,  # positions
-            cu_seqlens[1:][out_seqs] - 1,  # last_tokens
+            np.arange(total, dtype=np.int64) - token_first_position,  # positions
+            last_tokens,
             indices,  # rows
         ]
     )
-    shared = any(part.prefix_len for part in parts)
+    shared = pad_to is not None or any(part.prefix_len for part in parts)
     narrow_parts = [cu_seqlens.astype(np.int32)]
     if shared:
         prefix_idx = np.asarray(prefix_of, dtype=np.int64)
@@ -131,17 +175,16 @@ def pack(sequences: Sequence[Sequence[int]], parts: Sequence[Part], device: torc
         narrow_parts.append(np.where(has_prefix, cu_seqlens[prefix_idx], 0).astype(np.int32))  # prefix_offsets
         narrow_parts.append(np.where(has_prefix, lengths[prefix_idx], 0).astype(np.int32))  # prefix_lens
     wide_t, narrow_t = _to_device(wide, device), _to_device(np.concatenate(narrow_parts), device)
-    n_seq, n_out = len(pieces), len(outputs)
-    input_ids, positions, last_tokens, rows = wide_t.split([total, total, n_out, n_out])
-    cu = narrow_t[: n_seq + 1]
+    n_seq = len(lengths)
+    input_ids, positions, last_t, rows = wide_t.split([total, total, len(last_tokens), n_out])
     return PackedBatch(
         input_ids=input_ids,
         positions=positions,
-        cu_seqlens=cu,
+        cu_seqlens=narrow_t[: n_seq + 1],
         max_seqlen=int(lengths.max()),
         prefix_offsets=narrow_t[n_seq + 1 : 2 * n_seq + 1] if shared else None,
         prefix_lens=narrow_t[2 * n_seq + 1 :] if shared else None,
-        last_tokens=last_tokens,
+        last_tokens=last_t,
         rows=rows,
         indices=indices,
     )

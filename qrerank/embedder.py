@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions, chunk_groups
 from qrerank.prompts import EmbeddingPrompt
 from qrerank.requests import EmbedRequest
 from qrerank.validation import check_bool, check_int
@@ -21,7 +23,7 @@ MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 class Embedder:
     """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device.
 
-    `backend` and `share_prefix` as for Reranker; a request's texts form one group, so an
+    `backend`, `share_prefix` and `cuda_graphs` as for Reranker; a request's texts form one group, so an
     instruction's tokens are computed once per micro-batch.
     """
 
@@ -35,8 +37,11 @@ class Embedder:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         backend: str | None = None,
         share_prefix: bool = True,
+        cuda_graphs: bool | None = None,
     ) -> None:
-        options = EngineOptions.validate(device, dtype, max_length, max_batch_tokens, backend, share_prefix)
+        options = EngineOptions.validate(
+            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
+        )
         ckpt = Checkpoint.open(model)
         self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length)
         self.engine = Engine(ckpt, options)
@@ -87,13 +92,17 @@ class Embedder:
             if not isinstance(request, EmbedRequest):
                 raise TypeError(f"requests[{i}] must be an EmbedRequest, got {type(request).__name__}")
             self.check(request)
-        groups = [self.prompt.encode(r.texts, r.instruction) for r in requests]
-        if any(groups):
-            hidden = self.engine.run(groups, show_progress)  # [N, H] fp32
-        else:
-            hidden = torch.empty((0, self.dim), dtype=torch.float32, device=self.device)
+        if not requests:
+            return []
+        sizes = [len(r.texts) for r in requests]
+
+        def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
+            return [self.prompt.encode(requests[g].texts[a:b], requests[g].instruction) for g, a, b in chunk]
+
+        with tqdm(total=sum(sizes), unit="text", disable=not show_progress) as progress:
+            hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)], progress)  # [N, H]
         results = []
-        for request, states in zip(requests, hidden.split([len(g) for g in groups])):
+        for request, states in zip(requests, hidden.split(sizes)):
             vectors = states[:, : request.dim or self.dim]
             if request.normalize:
                 vectors = F.normalize(vectors, p=2, dim=-1)

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qrerank.batching import pack, plan_batches, shared_prefix_len
+from qrerank.batching import Part, batch_size, pack, plan_batches, shared_prefix_len, split_parts
 from qrerank.checkpoint import Checkpoint, load_weights
+from qrerank.cuda_graphs import CudaGraphs
 from qrerank.model import Qwen3
 from qrerank.ops import ops_for
 from qrerank.validation import check_bool, check_int, resolve_backend, resolve_device, resolve_dtype
 
 DEFAULT_MAX_LENGTH = 8192
 DEFAULT_MAX_BATCH_TOKENS = 16384
+PIPELINE_CHUNK = 1024  # sequences tokenized per step of Engine.run_pipelined
+
+
+def chunk_groups(sizes: Sequence[int], chunk: int = PIPELINE_CHUNK) -> list[list[tuple[int, int, int]]]:
+    """Cut groups of `sizes` items into chunks of at most `chunk` items, in order: (group, start, end) slices.
+
+    Empty groups produce no slice.
+    """
+    chunks: list[list[tuple[int, int, int]]] = [[]]
+    room = chunk
+    for group, size in enumerate(sizes):
+        start = 0
+        while start < size:
+            if room == 0:
+                chunks.append([])
+                room = chunk
+            end = min(size, start + room)
+            chunks[-1].append((group, start, end))
+            room -= end - start
+            start = end
+    return chunks if chunks[0] else []
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,7 @@ class EngineOptions:
     max_batch_tokens: int
     backend: str  # "triton": qrerank.kernels; "torch": the reference twins (debugging, comparison)
     share_prefix: bool  # compute a group's common token prefix once per micro-batch
+    cuda_graphs: bool  # replay small micro-batches from captured CUDA graphs
 
     @classmethod
     def validate(
@@ -40,15 +64,26 @@ class EngineOptions:
         max_batch_tokens: int,
         backend: str | None = None,
         share_prefix: bool = True,
+        cuda_graphs: bool | None = None,
     ) -> EngineOptions:
         resolved = resolve_device(device)
+        backend = resolve_backend(backend, resolved)
+        graphs_possible = resolved.type == "cuda" and backend == "triton"  # the torch attention syncs the host
+        if cuda_graphs is None:
+            cuda_graphs = graphs_possible
+        elif check_bool(cuda_graphs, "cuda_graphs") and not graphs_possible:
+            raise ValueError(
+                f"cuda_graphs=True needs a CUDA device and backend='triton', got device={str(resolved)!r} "
+                f"and backend={backend!r}"
+            )
         return cls(
             device=resolved,
             dtype=resolve_dtype(dtype, resolved),
             max_length=check_int(max_length, "max_length", 1),
             max_batch_tokens=check_int(max_batch_tokens, "max_batch_tokens", 1),
-            backend=resolve_backend(backend, resolved),
+            backend=backend,
             share_prefix=check_bool(share_prefix, "share_prefix"),
+            cuda_graphs=cuda_graphs,
         )
 
 
@@ -65,6 +100,7 @@ class Engine:
         self.config = ckpt.config
         weights = load_weights(ckpt, options.device, options.dtype, head_token_ids)
         self.model = Qwen3(ckpt.config, weights, ops_for(options.backend), max_positions=options.max_length)
+        self._graphs = CudaGraphs(self.model) if options.cuda_graphs else None
         self._lock = threading.Lock()
 
     @property
@@ -73,22 +109,59 @@ class Engine:
         assert rows is not None, "engine was loaded without LM-head rows"
         return rows
 
-    def run(self, groups: Sequence[Sequence[Sequence[int]]], show_progress: bool = False) -> torch.Tensor:
+    def run(self, groups: Sequence[Sequence[Sequence[int]]], progress: tqdm | None = None) -> torch.Tensor:
         """Final-normed last-token states [N, H] (fp32, on the engine's device) of every sequence, groups flattened.
 
         A group's sequences (one query's documents, one request's texts) may share a token prefix,
-        which is then computed once per micro-batch.
+        which is then computed once per micro-batch. Nothing here waits for the device: the caller's
+        first read of the result does.
         """
-        device, options = self.options.device, self.options
+        options = self.options
         sequences = [seq for group in groups for seq in group]
         lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
         members = np.split(np.arange(len(sequences)), np.cumsum([len(group) for group in groups])[:-1])
         prefixes = [shared_prefix_len(group) if options.share_prefix else 0 for group in groups]
-        plan = plan_batches(lengths, members, prefixes, options.max_batch_tokens)
-        out = torch.empty((len(sequences), self.config.hidden_size), dtype=torch.float32, device=device)
-        with self._lock, tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, disable=not show_progress) as bar:
-            for parts in plan:
-                batch = pack(sequences, parts, device)
-                out[batch.rows] = self.model.forward(batch).float()
-                bar.update(int(sum(lengths[part.members].sum() for part in parts)))
+        out = torch.empty((len(sequences), self.config.hidden_size), dtype=torch.float32, device=options.device)
+        with self._lock:
+            for parts in plan_batches(lengths, members, prefixes, options.max_batch_tokens):
+                self._run_parts(sequences, lengths, parts, out)
+                if progress is not None:
+                    progress.update(sum(len(part.members) for part in parts))
         return out
+
+    def run_pipelined(
+        self, chunks: Sequence[Callable[[], list[list[list[int]]]]], progress: tqdm | None = None
+    ) -> torch.Tensor:
+        """`run` over the groups each chunk tokenizes, concatenated. Chunk i+1 is tokenized on a worker
+        thread (the tokenizer releases the GIL) while the device works on chunk i."""
+        outputs = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(chunks[0]) if chunks else None
+            for i in range(len(chunks)):
+                assert pending is not None
+                groups = pending.result()
+                pending = pool.submit(chunks[i + 1]) if i + 1 < len(chunks) else None
+                outputs.append(self.run(groups, progress))
+        if not outputs:
+            return torch.empty((0, self.config.hidden_size), dtype=torch.float32, device=self.options.device)
+        return torch.cat(outputs)
+
+    def _run_parts(
+        self, sequences: Sequence[Sequence[int]], lengths: np.ndarray, parts: list[Part], out: torch.Tensor
+    ) -> None:
+        tokens, seqs = batch_size(parts, lengths)
+        pad_to = self._graphs.bucket(tokens, seqs) if self._graphs is not None else None
+        try:
+            batch = pack(sequences, parts, self.options.device, pad_to)
+            hidden = self._graphs(batch) if self._graphs is not None and pad_to else self.model.forward(batch)
+        except torch.OutOfMemoryError as error:
+            if sum(len(part.members) for part in parts) == 1:
+                raise torch.OutOfMemoryError(
+                    f"a single sequence of {tokens} tokens does not fit in device memory; lower max_length"
+                ) from error
+            # The batch does not fit: free what the attempt cached and run it as two halves instead.
+            torch.cuda.empty_cache()
+            for half in split_parts(parts):
+                self._run_parts(sequences, lengths, half, out)
+            return
+        out[batch.rows] = hidden[: len(batch.indices)].float()

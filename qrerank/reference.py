@@ -96,6 +96,8 @@ def attention(
     else:
         prefixes = list(zip(prefix_offsets.tolist(), prefix_lens.tolist()))
     for (start, end), (p_start, p_len) in zip(itertools.pairwise(bounds), prefixes):
+        if start == end:
+            continue  # zero-length sequences pad a batch to a captured CUDA-graph shape
         # [1, H, L, D] views: the 4-D GQA form takes torch's fused (flash) CPU kernel; 3-D inputs or
         # repeated K/V fall back to a materialised [H, L, L] math path that is several times slower.
         qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))

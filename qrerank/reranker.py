@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions, chunk_groups
 from qrerank.prompts import RerankerPrompt
 from qrerank.requests import ScoreRequest
 from qrerank.validation import check_bool, check_int, check_optional_str, check_pairs
@@ -22,6 +23,7 @@ class Reranker:
     Only the two LM-head rows of "yes" and "no" are loaded; a score costs one dot product.
     `backend`: "triton" (qrerank's kernels; the default on CUDA) or "torch" (reference ops; the
     default on CPU). `share_prefix`: run the token prefix common to one query's documents once.
+    `cuda_graphs`: replay small batches from captured CUDA graphs (default: on with CUDA and triton).
     """
 
     def __init__(
@@ -34,8 +36,11 @@ class Reranker:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         backend: str | None = None,
         share_prefix: bool = True,
+        cuda_graphs: bool | None = None,
     ) -> None:
-        options = EngineOptions.validate(device, dtype, max_length, max_batch_tokens, backend, share_prefix)
+        options = EngineOptions.validate(
+            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
+        )
         ckpt = Checkpoint.open(model)
         self.prompt = RerankerPrompt(ckpt.tokenizer, options.max_length)
         self.engine = Engine(ckpt, options, head_token_ids=self.prompt.yes_no_ids)
@@ -80,12 +85,20 @@ class Reranker:
         for i, request in enumerate(requests):
             if not isinstance(request, ScoreRequest):
                 raise TypeError(f"requests[{i}] must be a ScoreRequest, got {type(request).__name__}")
-        groups = [self.prompt.encode([(r.query, d) for d in r.docs], r.instruction) for r in requests]
-        if not any(groups):
-            return [np.empty(0, dtype=np.float32) for _ in requests]
-        logits = self.engine.run(groups) @ self._yes_minus_no  # [N]
+        if not requests:
+            return []
+        sizes = [len(r.docs) for r in requests]
+
+        def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
+            return [
+                self.prompt.encode([(requests[g].query, d) for d in requests[g].docs[a:b]], requests[g].instruction)
+                for g, a, b in chunk
+            ]
+
+        hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)])  # [N, H] fp32
+        logits = hidden @ self._yes_minus_no  # [N]
         scores = (logits if raw else torch.sigmoid(logits)).cpu().numpy()
-        return np.split(scores, np.cumsum([len(g) for g in groups])[:-1])
+        return np.split(scores, np.cumsum(sizes)[:-1])
 
     def rank(
         self,
