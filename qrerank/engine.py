@@ -164,4 +164,4 @@ class Engine:
             for half in split_parts(parts):
                 self._run_parts(sequences, lengths, half, out)
             return
-        out[batch.rows] = hidden[: len(batch.indices)].float()
+        out.index_copy_(0, batch.rows, hidden[: len(batch.indices)].float())

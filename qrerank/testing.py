@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, int | bool]] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=32,
+        head_dim=64,  # the smallest head size the attention kernel is built for
         tie_word_embeddings=True,
     ),
     "0.6B": dict(

@@ -145,7 +145,7 @@ def test_fused_weights_equal_the_concatenated_projections(reranker: Reranker, re
     assert torch.equal(layer0.qkv, torch.cat([tensors[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]))
     gate_up = torch.cat([tensors[p + "mlp.gate_proj.weight"], tensors[p + "mlp.up_proj.weight"]])
     assert torch.equal(layer0.gate_up, gate_up)
-    assert layer0.qkv.shape == (4 * 32 + 2 * 2 * 32, 64) and layer0.gate_up.shape == (2 * 160, 64)
+    assert layer0.qkv.shape == (4 * 64 + 2 * 2 * 64, 64) and layer0.gate_up.shape == (2 * 160, 64)
     assert_weights_equal(weights, tensors, "model.", torch.float32)
 
 
@@ -315,8 +315,8 @@ TENSOR_EDITS: list[Any] = [
         id="misshaped",
     ),
     pytest.param(
-        lambda t: t.update({"model.layers.1.self_attn.o_proj.weight": torch.zeros(128, 64)}),
-        "tensor 'model.layers.1.self_attn.o_proj.weight' has shape [128, 64], expected [64, 128]",
+        lambda t: t.update({"model.layers.1.self_attn.o_proj.weight": torch.zeros(256, 64)}),
+        "tensor 'model.layers.1.self_attn.o_proj.weight' has shape [256, 64], expected [64, 256]",
         id="transposed",
     ),
     pytest.param(

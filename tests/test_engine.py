@@ -111,7 +111,7 @@ def test_padded_batch_gives_the_same_states(reranker: Reranker, spare_tokens: in
     assert padded_batch.cu_seqlens[-1].item() == pad_to[0]
     padded = model.forward(padded_batch)
     assert padded.shape[0] == pad_to[1]
-    torch.testing.assert_close(padded[:3], plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(padded[:3], plain, rtol=1e-5, atol=1e-5)  # raw states, not unit vectors
 
 
 def test_cuda_graphs_option_is_validated(reranker_dir: Path) -> None:
