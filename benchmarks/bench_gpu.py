@@ -1,0 +1,213 @@
+"""End-to-end GPU benchmark: qrerank (Triton kernels, bf16) vs the official transformers recipes (bf16, sdpa).
+
+Random weights of the real Qwen3 shapes with the real tokenizer: speeds are real, scores are not.
+Per preset (default 0.6B and 4B):
+  score 1x100    1 query x 100 documents of ~300 tokens, several requests, both systems interleaved
+  prefix         the same requests with share_prefix=False: the saving of shared-prefix reuse
+  latency 1x20   p50 of 1 query x 20 documents against its compute floor (model FLOPs / matmul rate)
+  score 32x100   32 queries x 100 documents (qrerank: one score_batch call; official: query by query)
+  embed 10k      10,000 passages (qrerank: one call; official: batches of 64 as its example does)
+  spearman       bf16 scores vs the fp32 torch-reference scores over 1,000 pairs
+32x100, embed and spearman run for the first preset only (time). MFU is model FLOPs per second over
+the card's measured bf16 matmul rate.
+
+python benchmarks/bench_gpu.py --json out.json [--presets 0.6B,4B] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qrerank import Embedder, Reranker, ScoreRequest
+from qrerank.batching import shared_prefix_len
+from qrerank.bench import corpus
+from qrerank.bench.baselines import OfficialEmbedder, OfficialReranker
+from qrerank.bench.measure import PeakMemory
+from qrerank.bench.roofline import copy_gbps, matmul_tflops, model_flops
+from qrerank.testing import random_checkpoint
+
+CUDA = torch.device("cuda")
+WORDS_300_TOKENS = (190, 240)  # pydoc prose runs ~1.4 tokens per word
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def peak_of(fn: Callable[[], Any]) -> int:
+    with PeakMemory(CUDA) as peak:
+        fn()
+    return peak.peak
+
+
+def summary(seconds: list[float], items: int, lengths: list[int], flops: float, tflops: float) -> dict[str, float]:
+    total = sum(seconds)
+    return {
+        "items_per_s": items / total,
+        "tokens_per_s": sum(lengths) / total,
+        "p50_ms": 1e3 * float(np.median(seconds)),
+        "p95_ms": 1e3 * float(np.percentile(seconds, 95)),
+        "mfu": flops / total / (tflops * 1e12),
+    }
+
+
+def requests(n: int, docs: int, seed: int) -> list[tuple[str, list[str]]]:
+    texts = corpus.passages(n * docs, *WORDS_300_TOKENS, seed=seed)
+    return [(q, texts[i * docs : (i + 1) * docs]) for i, q in enumerate(corpus.queries(n, seed=seed))]
+
+
+def bench_scoring(path: Path, tflops: float, repeats: int, full: bool) -> dict[str, Any]:
+    ours = Reranker(path, device=CUDA, dtype=torch.bfloat16)
+    official = OfficialReranker(path, CUDA, torch.bfloat16, 8192)
+    config = ours.engine.config
+    out: dict[str, Any] = {}
+
+    def lengths_of(work: list[tuple[str, list[str]]]) -> list[int]:
+        return [len(ids) for q, docs in work for ids in ours.prompt.encode([(q, d) for d in docs], None)]
+
+    warm = requests(1, 100, seed=99)[0]
+    ours.score(*warm), official.score(*warm)
+    work = requests(repeats, 100, seed=1)
+    lengths = lengths_of(work)
+    flops = model_flops(config, lengths)
+    times: dict[str, list[float]] = {"qrerank": [], "official": []}
+    scores: dict[str, list[np.ndarray]] = {"qrerank": [], "official": []}
+    systems = {"qrerank": ours.score, "official": official.score}
+    for i, (query, docs) in enumerate(work):  # interleaved, alternating who goes first
+        for name in list(systems) if i % 2 == 0 else list(systems)[::-1]:
+            seconds, result = timed(lambda fn=systems[name], q=query, d=docs: fn(q, d))
+            times[name].append(seconds)
+            scores[name].append(result)
+    out["score_1x100"] = {
+        name: summary(times[name], 100 * repeats, lengths, flops, tflops)
+        | {"peak_memory_mb": peak_of(lambda fn=fn: fn(*work[0])) / 2**20}
+        for name, fn in systems.items()
+    }
+    one = out["score_1x100"]
+    one["speedup"] = one["qrerank"]["items_per_s"] / one["official"]["items_per_s"]
+    one["mean_doc_tokens"] = float(np.mean(lengths))
+    one["max_abs_score_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(scores["qrerank"], scores["official"]))
+
+    unshared = Reranker(path, device=CUDA, dtype=torch.bfloat16, share_prefix=False)
+    unshared.score(*warm)
+    plain = [timed(lambda q=q, d=d, fn=unshared.score: fn(q, d))[0] for q, d in work]
+    groups = [ours.prompt.encode([(q, d) for d in docs], None) for q, docs in work]
+    shared = [shared_prefix_len(g) for g in groups]
+    shared_tokens = sum(p * (len(g) - 1) for p, g in zip(shared, groups))  # computed once instead of len(g) times
+    out["prefix"] = {
+        "shared_s": sum(times["qrerank"]),
+        "plain_s": sum(plain),
+        "speedup": sum(plain) / sum(times["qrerank"]),
+        "tokens_saved_fraction": shared_tokens / sum(lengths),
+        "mean_shared_prefix_tokens": float(np.mean(shared)),
+    }
+    del unshared
+
+    work20 = requests(20, 20, seed=2)
+    latencies = [timed(lambda q=q, d=d: ours.score(q, d))[0] for q, d in work20]
+    floor_s = float(np.mean([model_flops(config, lengths_of([w])) for w in work20])) / (tflops * 1e12)
+    p50 = float(np.median(latencies))
+    out["latency_1x20"] = {
+        "p50_ms": 1e3 * p50,
+        "p95_ms": 1e3 * float(np.percentile(latencies, 95)),
+        "floor_ms": 1e3 * floor_s,
+        "goal_ms": 1e3 * (1.3 * floor_s + 2e-3),
+        "ratio_to_floor": p50 / floor_s,
+    }
+
+    if full:
+        work32 = requests(32, 100, seed=3)
+        lengths32 = lengths_of(work32)
+        flops32 = model_flops(config, lengths32)
+        batch = [ScoreRequest(q, d) for q, d in work32]
+        ours_s, ours_scores = timed(lambda: ours.score_batch(batch))
+        official_s, official_scores = timed(lambda: [official.score(q, d) for q, d in work32])
+        out["score_32x100"] = {
+            "qrerank": summary([ours_s], 3200, lengths32, flops32, tflops),
+            "official": summary([official_s], 3200, lengths32, flops32, tflops),
+            "speedup": official_s / ours_s,
+            "max_abs_score_diff": float(np.abs(np.concatenate(ours_scores) - np.concatenate(official_scores)).max()),
+        }
+        del official
+        gc.collect()
+        torch.cuda.empty_cache()
+        pairs = [(q, d) for q, docs in requests(10, 100, seed=4) for d in docs]
+        reference = Reranker(path, device=CUDA, dtype=torch.float32, backend="torch")
+        exact, fast = reference.score_pairs(pairs, raw=True), ours.score_pairs(pairs, raw=True)
+        out["spearman_bf16_vs_fp32"] = _spearman(fast, exact)
+        out["max_abs_logit_diff_bf16_vs_fp32"] = float(np.abs(fast - exact).max())
+    return out
+
+
+def bench_embedding(path: Path, tflops: float, count: int) -> dict[str, Any]:
+    ours = Embedder(path, device=CUDA, dtype=torch.bfloat16)
+    official = OfficialEmbedder(path, CUDA, torch.bfloat16, 8192)
+    texts = corpus.passages(count, 40, 240, seed=5)
+    ours.embed(texts[:64]), official.embed(texts[:64])
+    lengths = [len(ids) for ids in ours.prompt.encode(texts, None)]
+    flops = model_flops(ours.engine.config, lengths)
+    ours_s, ours_vectors = timed(lambda: ours.embed(texts))
+    official_s, official_vectors = timed(
+        lambda: np.concatenate([official.embed(texts[i : i + 64]) for i in range(0, count, 64)])
+    )
+    peak = peak_of(lambda: ours.embed(texts[:2000]))
+    return {
+        "qrerank": summary([ours_s], count, lengths, flops, tflops) | {"peak_memory_mb": peak / 2**20},
+        "official": summary([official_s], count, lengths, flops, tflops),
+        "speedup": official_s / ours_s,
+        "min_cosine": float((ours_vectors * official_vectors).sum(axis=1).min()),
+        "mean_tokens": float(np.mean(lengths)),
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def run(json_path: Path | None, presets: list[str], quick: bool) -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA device")
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    report["matmul_bf16_tflops"] = tflops = matmul_tflops(CUDA)
+    report["copy_gbps"] = copy_gbps(CUDA)
+    print(f"{report['device']}: bf16 matmul {tflops:.0f} TFLOP/s, copy {report['copy_gbps']:.0f} GB/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="qrerank-gpu-bench-") as tmp:
+        for i, preset in enumerate(presets):
+            path = random_checkpoint(Path(tmp) / f"reranker-{preset}", preset, "reranker", seed=0, dtype=torch.bfloat16)
+            report[preset] = bench_scoring(path, tflops, repeats=3 if quick else 8, full=i == 0)
+            print(json.dumps({preset: report[preset]}, indent=1), flush=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            if i == 0:
+                path = random_checkpoint(Path(tmp) / "embedding", preset, "embedding", seed=0, dtype=torch.bfloat16)
+                report[preset]["embed_10k"] = bench_embedding(path, tflops, 2000 if quick else 10_000)
+                print(json.dumps(report[preset]["embed_10k"], indent=1), flush=True)
+                gc.collect()
+                torch.cuda.empty_cache()
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--presets", default="0.6B,4B")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and 2,000 passages")
+    args = parser.parse_args()
+    run(args.json, args.presets.split(","), args.quick)
