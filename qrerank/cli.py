@@ -1,4 +1,4 @@
-"""The `qrerank` command: score, embed (JSON on stdout) and bench."""
+"""The `qrerank` command: score, embed (JSON on stdout), bench and serve (HTTP server)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from qrerank.bench import run as bench_run
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
+from qrerank.serving import options as serving
 
 
 def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -50,7 +51,80 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmark against the official transformers recipes")
     bench_run.add_arguments(bench)
+
+    serve = commands.add_parser("serve", help="HTTP server: OpenAI, Cohere/Jina, DeepInfra and TEI APIs (extra: serve)")
+    _serve_arguments(serve)
     return parser
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="reranker checkpoint directory or hub id")
+    parser.add_argument("--embedding-model", default=None, help="embedding checkpoint directory or hub id")
+    parser.add_argument("--served-model-name", default=None, help="the reranker's name for clients (default: --model)")
+    parser.add_argument(
+        "--served-embedding-model-name",
+        default=None,
+        help="the embedder's name for clients (default: --embedding-model)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per input: longer ones get 413 or are cut"
+    )
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
+    parser.add_argument("--auto-truncate", action="store_true", help="cut over-long inputs as the recipe does")
+    parser.add_argument("--max-body-bytes", type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument(
+        "--max-inputs", type=int, default=serving.DEFAULT_MAX_INPUTS, help="documents/inputs per request"
+    )
+    parser.add_argument("--request-timeout", type=float, default=serving.DEFAULT_REQUEST_TIMEOUT_S, help="seconds")
+    parser.add_argument("--max-wait-ms", type=float, default=serving.DEFAULT_MAX_WAIT_MS, help="micro-batching wait")
+    parser.add_argument("--max-batch-sequences", type=int, default=serving.DEFAULT_MAX_BATCH_SEQUENCES)
+    parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests on shutdown")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:  # the `serve` extra
+        from qrerank.serving.app import create_app
+        from qrerank.serving.server import serve
+    except ImportError as err:
+        print(f"qrerank serve: error: {err.name} is missing; pip install 'qrerank[serve]'", file=sys.stderr)
+        return 2
+    from qrerank import Embedder, Reranker
+
+    engine = dict(
+        device=args.device, dtype=args.dtype, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens
+    )
+    try:
+        if args.model is None and args.embedding_model is None:
+            raise ValueError("give --model (a reranker), --embedding-model, or both")
+        options = serving.ServerOptions(
+            reranker_name=None if args.model is None else args.served_model_name or args.model,
+            embedder_name=None
+            if args.embedding_model is None
+            else args.served_embedding_model_name or args.embedding_model,
+            api_key=args.api_key,
+            max_body_bytes=args.max_body_bytes,
+            max_inputs=args.max_inputs,
+            auto_truncate=args.auto_truncate,
+            request_timeout_s=args.request_timeout,
+            max_wait_ms=args.max_wait_ms,
+            max_batch_sequences=args.max_batch_sequences,
+        )
+        reranker = None if args.model is None else Reranker(args.model, **engine)
+        embedder = None if args.embedding_model is None else Embedder(args.embedding_model, **engine)
+        app = create_app(reranker, embedder, options)
+    except (TypeError, ValueError, OSError) as err:
+        print(f"qrerank serve: error: {err}", file=sys.stderr)
+        return 2
+    serve(app, host=args.host, port=args.port, graceful_timeout_s=args.graceful_timeout, log_level=args.log_level)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         bench_run.run(args)
         return 0
+    if args.command == "serve":
+        return _serve(args)
     from qrerank import Embedder, Reranker
 
     engine = dict(

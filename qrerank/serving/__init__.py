@@ -1,0 +1,9 @@
+"""Serving: AsyncEngine (in-process micro-batching) and, with the `serve` extra, the HTTP server.
+
+`qrerank.serving.app` and `qrerank.serving.server` need fastapi and uvicorn (`pip install "qrerank[serve]"`);
+AsyncEngine needs nothing beyond qrerank itself.
+"""
+
+from qrerank.serving.async_engine import AsyncEngine, BatchObserver
+
+__all__ = ["AsyncEngine", "BatchObserver"]

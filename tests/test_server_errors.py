@@ -1,0 +1,159 @@
+"""Bad requests: each gets its documented 4xx and the JSON error shape, never a 500; the server stays healthy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from qrerank import Embedder, Reranker  # noqa: E402
+from qrerank.serving.app import create_app  # noqa: E402
+from qrerank.serving.options import ServerOptions  # noqa: E402
+from qrerank.serving.server import BackgroundServer  # noqa: E402
+
+KEY = "secret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMITS = dict(reranker_name="rr", embedder_name="ee", api_key=KEY, max_body_bytes=4096, max_inputs=4)
+RERANK = {"query": "q", "documents": ["a", "b"]}
+EMBED = {"input": ["a"]}
+
+
+@pytest.fixture(scope="module")
+def server(reranker: Reranker, embedder: Embedder) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(reranker, embedder, ServerOptions(**LIMITS))) as running:  # type: ignore[arg-type]
+        yield running
+
+
+def _with(base: dict[str, Any], **changes: Any) -> bytes:
+    body = {**base, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+def _chunks() -> Iterator[bytes]:
+    """An oversized body without Content-Length (chunked transfer)."""
+    yield b'{"query": "q", "documents": ["'
+    for _ in range(10):
+        yield b"x" * 1000
+    yield b'"]}'
+
+
+# (route, body, headers, status, a fragment of the message)
+CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
+    ("/v1/rerank", b'{"query": "q", "documents": [', AUTH, 400, "not valid JSON"),
+    ("/v1/rerank", b'{"query": "\xff\xfe", "documents": ["a"]}', AUTH, 400, "not valid UTF-8"),
+    ("/v1/rerank", b"", AUTH, 400, "empty"),
+    ("/v1/rerank", b"[" * 1500 + b"]" * 1500, AUTH, 400, "too deeply"),
+    ("/v1/embeddings", b'{"input": "a", "dimensions": NaN}', AUTH, 400, "NaN"),
+    ("/v1/rerank", b'["q", ["a"]]', AUTH, 422, "JSON object"),
+    ("/v1/rerank", b'"just a string"', AUTH, 422, "JSON object"),
+    ("/v1/rerank", _with(RERANK, query=...), AUTH, 422, "query: Field required"),
+    ("/v1/rerank", _with(RERANK, documents=...), AUTH, 422, "documents: Field required"),
+    ("/v1/rerank", _with(RERANK, documents=[]), AUTH, 422, "documents"),
+    ("/v1/rerank", _with(RERANK, query=42), AUTH, 422, "query: Input should be a valid string"),
+    ("/v1/rerank", _with(RERANK, documents="a single string"), AUTH, 422, "documents"),
+    ("/v1/rerank", _with(RERANK, documents=["a", {"content": "b"}]), AUTH, 422, "documents.1"),
+    ("/v1/rerank", _with(RERANK, documents=["a", None]), AUTH, 422, "documents.1"),
+    ("/v1/rerank", _with(RERANK, top_n=0), AUTH, 422, "top_n"),
+    ("/v1/rerank", _with(RERANK, top_n=10**30), AUTH, 422, "top_n must be between 1 and 4"),
+    ("/v1/rerank", _with(RERANK, top_n=2.5), AUTH, 422, "top_n"),
+    ("/v1/rerank", _with(RERANK, return_documents="yes"), AUTH, 422, "return_documents"),
+    ("/v1/rerank", _with(RERANK, rank_fields=["title"]), AUTH, 422, "rank_fields: Extra inputs"),
+    ("/v1/rerank", _with(RERANK, documents=["d"] * 5), AUTH, 413, "at most 4"),
+    ("/v1/rerank", _with(RERANK, documents=["word " * 1000]), AUTH, 413, "4096 bytes"),
+    ("/v1/rerank", _chunks(), AUTH, 413, "exceeds the limit"),
+    ("/v1/rerank", _with(RERANK, documents=["word " * 300]), AUTH, 413, "documents[0] is longer"),
+    ("/v1/rerank", _with(RERANK, model="other"), AUTH, 404, "'rr', 'ee'"),
+    ("/v1/rerank", _with(RERANK, model="ee"), AUTH, 404, "reranker 'ee' is not served"),
+    ("/v1/embeddings", _with(EMBED, input=[]), AUTH, 422, "input"),
+    ("/v1/embeddings", _with(EMBED, input=[101, 2054]), AUTH, 422, "input"),
+    (
+        "/v1/embeddings",
+        _with(EMBED, dimensions=-8),
+        AUTH,
+        422,
+        "dimensions: Input should be greater than or equal to 1",
+    ),
+    ("/v1/embeddings", _with(EMBED, dimensions=1000), AUTH, 422, "dimensions: dim must be between 32 and 64"),
+    ("/v1/embeddings", _with(EMBED, encoding_format="int8"), AUTH, 422, "encoding_format"),
+    ("/v1/embeddings", _with(EMBED, model="text-embedding-3-small"), AUTH, 404, "'rr', 'ee'"),
+    ("/v1/embeddings", _with(EMBED, input=["a"] * 5), AUTH, 413, "at most 4"),
+    ("/v1/inference/unknown/model", _with({"queries": ["q"], "documents": ["a"]}), AUTH, 404, "'unknown/model'"),
+    ("/v1/inference/rr", _with({"queries": ["q", "r"], "documents": ["a", "b", "c"]}), AUTH, 422, "one per document"),
+    ("/v1/inference/rr", _with({"queries": [], "documents": ["a"]}), AUTH, 422, "queries"),
+    ("/embed", _with({"inputs": None}), AUTH, 422, "inputs"),
+    ("/embed", _with({"inputs": "a", "prompt_name": "query"}), AUTH, 422, "prompt_name: Extra inputs"),
+    ("/rerank", _with({"query": "q"}), AUTH, 422, "texts: Field required"),
+    ("/rerank", _with({"query": "q", "texts": ["a"], "raw_scores": "true"}), AUTH, 422, "raw_scores"),
+    ("/v1/rerank", _with(RERANK), {"Authorization": "Bearer wrong-key"}, 401, "API key"),
+    ("/v1/rerank", _with(RERANK), {}, 401, "API key"),
+    ("/v1/rerank", _with(RERANK), {"Authorization": f"Basic {KEY}"}, 401, "API key"),
+    ("/v1/embeddings", _with(EMBED), {"Authorization": f"Bearer {KEY}x"}, 401, "API key"),
+    ("/v2/rerank", _with(RERANK), AUTH, 404, "no route POST /v2/rerank"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "headers", "status", "fragment"), CASES)
+def test_bad_request_gets_its_4xx_json_error(
+    server: BackgroundServer, route: str, body: Any, headers: dict[str, str], status: int, fragment: str
+) -> None:
+    response = httpx.post(server.url + route, content=body, headers={"content-type": "application/json", **headers})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and isinstance(error["type"], str)
+    assert fragment in error["message"], error["message"]
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_wrong_method_is_405(server: BackgroundServer) -> None:
+    response = httpx.get(server.url + "/v1/rerank", headers=AUTH)
+    assert response.status_code == 405 and response.json()["error"]["code"] == 405
+
+
+def test_server_is_healthy_after_the_matrix_and_counted_no_500(server: BackgroundServer) -> None:
+    assert len(CASES) >= 25
+    assert httpx.get(server.url + "/health").status_code == 200
+    ok = httpx.post(server.url + "/v1/rerank", json=RERANK, headers=AUTH)
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+    metrics = httpx.get(server.url + "/metrics", headers=AUTH).text
+    assert 'status="500"' not in metrics
+    assert 'qrerank_errors_total{route="/v1/rerank",status="401"}' in metrics
+
+
+def test_a_request_over_the_timeout_gets_504_and_its_work_is_dropped(reranker: Reranker) -> None:
+    # The batcher waits 1 s for company; the request may take 0.2 s: it times out while queued.
+    options = ServerOptions(reranker_name="rr", request_timeout_s=0.2, max_wait_ms=1000)
+    with BackgroundServer(create_app(reranker, None, options)) as slow:
+        response = httpx.post(slow.url + "/v1/rerank", json=RERANK)
+        assert response.status_code == 504 and "0.2 s" in response.json()["error"]["message"]
+        metrics = httpx.get(slow.url + "/metrics").text
+        assert 'qrerank_cancelled_total{kind="score"} 1.0' in metrics
+        assert 'qrerank_batch_requests_count{kind="score"}' not in metrics  # nothing was computed
+
+
+def test_server_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="both named 'm'"):
+        ServerOptions(reranker_name="m", embedder_name="m")
+    with pytest.raises(ValueError, match="max_inputs must be >= 1, got 0"):
+        ServerOptions(reranker_name="m", max_inputs=0)
+    with pytest.raises(ValueError, match="request_timeout_s must be > 0, got 0"):
+        ServerOptions(reranker_name="m", request_timeout_s=0)
+    with pytest.raises(ValueError, match="api_key must not be empty"):
+        ServerOptions(reranker_name="m", api_key="")
+    with pytest.raises(ValueError, match="must not be blank"):
+        ServerOptions(reranker_name=" ")
+
+
+def test_app_names_exactly_the_served_models(reranker: Reranker) -> None:
+    with pytest.raises(ValueError, match=r"the reranker is given but options\.reranker_name is None"):
+        create_app(reranker, None, ServerOptions(embedder_name="e"))
+    with pytest.raises(ValueError, match=r"the embedder is not given but options\.embedder_name is 'e'"):
+        create_app(reranker, None, ServerOptions(reranker_name="r", embedder_name="e"))
+    with pytest.raises(TypeError, match="options must be a ServerOptions, got dict"):
+        create_app(reranker, None, {"reranker_name": "r"})  # type: ignore[arg-type]
