@@ -67,7 +67,8 @@ class EngineOptions:
         cuda_graphs: bool | None = None,
     ) -> EngineOptions:
         resolved = resolve_device(device)
-        backend = resolve_backend(backend, resolved)
+        resolved_dtype = resolve_dtype(dtype, resolved)
+        backend = resolve_backend(backend, resolved, resolved_dtype)
         graphs_possible = resolved.type == "cuda" and backend == "triton"  # the torch attention syncs the host
         if cuda_graphs is None:
             cuda_graphs = graphs_possible
@@ -78,7 +79,7 @@ class EngineOptions:
             )
         return cls(
             device=resolved,
-            dtype=resolve_dtype(dtype, resolved),
+            dtype=resolved_dtype,
             max_length=check_int(max_length, "max_length", 1),
             max_batch_tokens=check_int(max_batch_tokens, "max_batch_tokens", 1),
             backend=backend,

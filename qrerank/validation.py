@@ -114,14 +114,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 BACKENDS = ("torch", "triton")
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """None -> "triton" on CUDA, "torch" on CPU. "triton" on CPU runs the kernels in Triton's interpreter."""
+def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    """None -> "triton" on CUDA, "torch" on CPU or in fp64 (which the kernels do not take).
+
+    "triton" on CPU runs the kernels in Triton's interpreter, a debugging aid.
+    """
     if backend is None:
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {_type_name(backend)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+    if backend == "triton" and dtype == torch.float64:
+        raise ValueError("backend='triton' does not support dtype torch.float64; use backend='torch'")
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             "backend='triton' on device 'cpu' runs the kernels in Triton's interpreter, a slow debugging aid: "

@@ -137,6 +137,8 @@ def test_backend_argument_is_validated(reranker_dir: Path, monkeypatch: pytest.M
         Reranker(reranker_dir, device="cpu", backend=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"share_prefix must be a bool, got str"):
         Reranker(reranker_dir, device="cpu", share_prefix="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"backend='triton' does not support dtype torch.float64"):
+        Reranker(reranker_dir, device="cpu", backend="triton", dtype=torch.float64)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match=r"set TRITON_INTERPRET=1"):
         Reranker(reranker_dir, device="cpu", backend="triton")
