@@ -179,3 +179,41 @@ def test_embedding_appends_eos_once(embedder: Embedder, reranker_dir: Path) -> N
     with_eos = embedder.prompt.encode(texts, None)
     assert with_eos == plain.prompt.encode(texts, None)
     assert [ids.count(151643) for ids in with_eos] == [1, 1, 2]  # a literal one in the text stays
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_reranker_through_the_triton_kernels_matches_official(
+    hf_reranker: tuple, reranker_dir: Path, dtype: torch.dtype
+) -> None:
+    """The whole model on qrerank's Triton kernels (Triton's interpreter without a GPU) against the recipe.
+
+    fp16: no further from the fp32 recipe than the torch reference ops in fp16 are (2x, as for each kernel).
+    """
+    docs = [DOCS[1], DOCS[3], DOCS[6], DOCS[7]]
+    expected = official_rerank(hf_reranker, None, QUERIES[3], docs, MAX_LENGTH)
+    kwargs = {"device": "cpu", "dtype": dtype, "max_length": MAX_LENGTH}
+    got = Reranker(reranker_dir, backend="triton", **kwargs).score(QUERIES[3], docs)
+    if dtype == torch.float32:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    else:
+        torch_error = np.abs(Reranker(reranker_dir, backend="torch", **kwargs).score(QUERIES[3], docs) - expected)
+        assert np.abs(got - expected).max() <= 2 * torch_error.max() + 1e-4
+    assert list(np.argsort(-got, kind="stable")) == list(np.argsort(-expected, kind="stable"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_embedder_through_the_triton_kernels_matches_official(
+    hf_embedder: tuple, embedding_dir: Path, dtype: torch.dtype
+) -> None:
+    instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    texts = [QUERIES[0], DOCS[1], DOCS[7]]
+    expected = official_embed(hf_embedder, _queries(instruction, texts), max_length=256).numpy()
+    kwargs = {"device": "cpu", "dtype": dtype, "max_length": 256}
+    got = Embedder(embedding_dir, backend="triton", **kwargs).embed(texts, instruction=instruction)
+    cosine = (got * expected).sum(axis=1)
+    if dtype == torch.float32:
+        assert cosine.min() >= 0.99999, cosine
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    else:
+        theirs = Embedder(embedding_dir, backend="torch", **kwargs).embed(texts, instruction=instruction)
+        assert 1 - cosine.min() <= 2 * (1 - (theirs * expected).sum(axis=1).min()) + 1e-5, cosine
