@@ -33,7 +33,7 @@ from qrerank.batching import shared_prefix_len
 from qrerank.bench import corpus
 from qrerank.bench.baselines import OfficialEmbedder, OfficialReranker
 from qrerank.bench.measure import PeakMemory
-from qrerank.bench.roofline import copy_gbps, matmul_tflops, model_flops
+from qrerank.bench.roofline import measure_card, model_flops
 from qrerank.testing import random_checkpoint
 
 CUDA = torch.device("cuda")
@@ -183,9 +183,9 @@ def run(json_path: Path | None, presets: list[str], quick: bool) -> dict[str, An
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    report["matmul_bf16_tflops"] = tflops = matmul_tflops(CUDA)
-    report["copy_gbps"] = copy_gbps(CUDA)
-    print(f"{report['device']}: bf16 matmul {tflops:.0f} TFLOP/s, copy {report['copy_gbps']:.0f} GB/s", flush=True)
+    report["card"] = card = measure_card()
+    tflops = card["matmul_tflops"]
+    print(f"{report['device']}: bf16 matmul {tflops:.0f} TFLOP/s, copy {card['copy_gbps']:.0f} GB/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="qrerank-gpu-bench-") as tmp:
         for i, preset in enumerate(presets):
             path = random_checkpoint(Path(tmp) / f"reranker-{preset}", preset, "reranker", seed=0, dtype=torch.bfloat16)

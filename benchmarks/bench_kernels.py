@@ -28,7 +28,6 @@ import functools
 import importlib.util
 import json
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -37,38 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from qrerank import reference
+from qrerank.bench.roofline import cuda_time_ms, l2_flush_buffer, measure_card
 
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, INTER = 16, 8, 128, 1024, 3072  # Qwen3-0.6B
 TOKENS = 16384
 EPS = 1e-6
 ATTENTION_CASES = (("32 x 512", 512, 32, 0), ("8 x 2048", 2048, 8, 0), ("prefix 128 + 32 x 512", 512, 32, 128))
-
-
-def time_ms(flush: torch.Tensor, fn: Callable[..., Any], *args: Any, warmup: int = 5, repeats: int = 30) -> float:
-    """Median milliseconds of one call fn(*args), L2 flushed (flush overwritten) before each timed call."""
-    for _ in range(warmup):
-        fn(*args)
-    samples = []
-    for _ in range(repeats):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return statistics.median(samples)
-
-
-def measure_card(flush: torch.Tensor) -> dict[str, float]:
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    gemm_ms = time_ms(flush, torch.matmul, a, a.T.contiguous())
-    del a
-    src = torch.empty(2**29, device="cuda", dtype=torch.bfloat16)  # 1 GiB
-    dst = torch.empty_like(src)
-    copy_ms = time_ms(flush, dst.copy_, src)
-    return {"matmul_tflops": 2 * n**3 / gemm_ms / 1e9, "copy_gbps": 2 * src.numel() * 2 / copy_ms / 1e6}
 
 
 def _attention_inputs(length: int, docs: int, prefix: int) -> dict[str, Any]:
@@ -138,7 +111,7 @@ def measure_attention(flush: torch.Tensor) -> list[dict[str, Any]]:
         flash = _flash_provider(inputs, length, docs, prefix)
         if flash is not None:
             providers["flash-attn"] = flash
-        times = {provider: time_ms(flush, fn) for provider, fn in providers.items()}
+        times = {provider: cuda_time_ms(fn, flush=flush) for provider, fn in providers.items()}
         for provider, ms in times.items():
             rows.append(
                 {
@@ -191,7 +164,7 @@ def measure_norms(flush: torch.Tensor, copy_gbps: float) -> list[dict[str, Any]]
         ours, theirs = kernel(*args), twin(*args)
         pairs = zip(ours, theirs) if isinstance(ours, tuple) else [(ours, theirs)]
         diff = max((a.float() - b.float()).abs().max().item() for a, b in pairs)
-        ms, torch_ms = time_ms(flush, kernel, *args), time_ms(flush, twin, *args)
+        ms, torch_ms = cuda_time_ms(kernel, *args, flush=flush), cuda_time_ms(twin, *args, flush=flush)
         gbps = nbytes / ms / 1e6
         rows.append(
             {
@@ -217,7 +190,7 @@ def run(json_path: str | None = None) -> dict[str, Any]:
     import triton
 
     torch.manual_seed(0)
-    flush = torch.empty(2**27, device="cuda", dtype=torch.float16)  # 256 MiB > any L2
+    flush = l2_flush_buffer()
     card = measure_card(flush)
     results = {
         "device": torch.cuda.get_device_name(),

@@ -10,35 +10,46 @@ import torch
 from qrerank.config import ModelConfig
 
 
-def cuda_times_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> list[float]:
-    """Per-call device times of `fn` (CUDA events around each call), after `warmup` untimed calls."""
+def cuda_time_ms(
+    fn: Callable[..., object], *args: object, flush: torch.Tensor | None = None, warmup: int = 5, repeats: int = 30
+) -> float:
+    """Median device milliseconds of fn(*args) (CUDA events around each call), after `warmup` untimed calls.
+
+    With `flush` (a buffer larger than L2), it is overwritten before every timed call, outside the events,
+    so each call starts from cold caches as it would in a model.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        fn(*args)
+    samples = []
     for _ in range(repeats):
+        if flush is not None:
+            flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        fn(*args)
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+        samples.append(start.elapsed_time(end))
+    return float(np.median(samples))
 
 
-def matmul_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
-    """Dense [n, n] @ [n, n] rate in TFLOP/s (median): the ceiling every model-FLOP fraction is quoted against."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
-    ms = float(np.median(cuda_times_ms(lambda: torch.mm(a, b, out=out))))
-    return 2 * n**3 / (ms * 1e-3) / 1e12
+def l2_flush_buffer() -> torch.Tensor:
+    return torch.empty(2**27, device="cuda", dtype=torch.float16)  # 256 MiB, above any current L2
 
 
-def copy_gbps(device: torch.device, nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy in GB/s, counting bytes read plus bytes written (median)."""
-    src = torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16).uniform_()
+def measure_card(flush: torch.Tensor | None = None) -> dict[str, float]:
+    """The card's bf16 matmul rate (an 8192^3 GEMM, TFLOP/s) and device copy bandwidth (1 GiB, GB/s counting
+    bytes read plus written): the ceilings every model-FLOP and bandwidth fraction is quoted against."""
+    flush = l2_flush_buffer() if flush is None else flush
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    gemm_ms = cuda_time_ms(torch.matmul, a, b, flush=flush)
+    del a, b
+    src = torch.empty(2**29, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    ms = float(np.median(cuda_times_ms(lambda: dst.copy_(src))))
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+    copy_ms = cuda_time_ms(dst.copy_, src, flush=flush)
+    return {"matmul_tflops": 2 * n**3 / gemm_ms / 1e9, "copy_gbps": 2 * src.numel() * 2 / copy_ms / 1e6}
 
 
 def model_flops(config: ModelConfig, lengths: Sequence[int]) -> float:
