@@ -189,7 +189,7 @@ def run(json_path: Path | None, presets: list[str], quick: bool) -> dict[str, An
     with tempfile.TemporaryDirectory(prefix="qrerank-gpu-bench-") as tmp:
         for i, preset in enumerate(presets):
             path = random_checkpoint(Path(tmp) / f"reranker-{preset}", preset, "reranker", seed=0, dtype=torch.bfloat16)
-            report[preset] = bench_scoring(path, tflops, repeats=3 if quick else 8, full=i == 0)
+            report[preset] = bench_scoring(path, tflops, repeats=3 if quick or i > 0 else 6, full=i == 0)
             print(json.dumps({preset: report[preset]}, indent=1), flush=True)
             gc.collect()
             torch.cuda.empty_cache()

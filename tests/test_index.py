@@ -1,0 +1,125 @@
+"""qrerank.Index on the CPU: search equals topk, adds, texts through the tiny embedder, save/load, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from qrerank import Embedder
+from qrerank.index import DEFAULT_TASK, Index
+from qrerank.similarity import topk
+
+DOCS = ["Tokyo is the capital of Japan.", "Bananas are yellow.", "Kyoto was the capital until 1868.", "", "x y z"]
+
+
+def vectors(rows: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.randint(-3, 4, (rows, dim), generator=torch.Generator().manual_seed(seed)).float()
+
+
+def test_search_equals_topk_across_adds() -> None:
+    first, second, queries = vectors(40, 13, 1), vectors(25, 13, 2), vectors(6, 13, 3)
+    index = Index(first, device="cpu")
+    index.add(second.numpy())
+    assert len(index) == 65 and index.dim == 13 and index.dtype == torch.float32 and index.texts is None
+    assert index.vectors.stride(0) % 4 == 0  # rows padded to 16 bytes, so the kernel needs no copy
+    scores, indices = index.search(queries, k=30)
+    expected = topk(queries, torch.cat([first, second]), 30)
+    np.testing.assert_array_equal(indices, expected[1].numpy())
+    np.testing.assert_array_equal(scores, expected[0].numpy())
+    _, one_indices = index.search(queries[2].numpy(), k=30)  # a single [d] vector
+    np.testing.assert_array_equal(one_indices, indices[2:3])
+
+
+def test_dtype_casts_added_vectors_and_queries() -> None:
+    index = Index(vectors(10, 8, 4), device="cpu", dtype=torch.bfloat16)
+    assert index.vectors.dtype == torch.bfloat16
+    scores, indices = index.search(vectors(2, 8, 5), k=3, as_tensor=True)
+    assert isinstance(scores, torch.Tensor) and indices.shape == (2, 3)
+
+
+def test_texts_through_embedder(embedder: Embedder) -> None:
+    index = Index(DOCS[:3], embedder=embedder)
+    index.add(DOCS[3:])
+    assert index.texts == DOCS and index.dim == embedder.dim and index.device == embedder.device
+    np.testing.assert_allclose(index.vectors.numpy(), embedder.embed(DOCS), rtol=0, atol=1e-6)
+    query = "capital of Japan"
+    _, indices = index.search(query, k=5)
+    q = embedder.embed([query], instruction=DEFAULT_TASK)
+    expected = np.argsort(-(embedder.embed(DOCS) @ q[0]), kind="stable")
+    np.testing.assert_array_equal(indices[0], expected)
+    other = index.search([query], k=2, instruction="Find fruit")[1]
+    assert other.shape == (1, 2)
+
+
+def test_matryoshka_dim(embedder: Embedder) -> None:
+    index = Index(DOCS, embedder=embedder, dim=32)
+    assert index.vectors.shape == (5, 32)
+    np.testing.assert_allclose(index.vectors.numpy(), embedder.embed(DOCS, dim=32), rtol=0, atol=1e-6)
+    assert index.search("q", k=2)[1].shape == (1, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_save_load_round_trip(tmp_path: Path, embedder: Embedder, dtype: torch.dtype) -> None:
+    texts = ["naïve café", "", "日本の首都", "plain"]
+    index = Index(vectors(4, 20, 6), texts=texts, device="cpu", dtype=dtype)
+    index.save(tmp_path / "index.safetensors")
+    loaded = Index.load(tmp_path / "index.safetensors", device="cpu")
+    assert loaded.texts == texts and loaded.dtype == dtype and loaded.dim == 20
+    assert torch.equal(loaded.vectors, index.vectors)
+    assert np.array_equal(loaded.search(vectors(3, 20, 7), 4)[1], index.search(vectors(3, 20, 7), 4)[1])
+    Index(device="cpu").save(tmp_path / "empty.safetensors")
+    assert len(Index.load(tmp_path / "empty.safetensors")) == 0
+    with_embedder = Index(DOCS, embedder=embedder)
+    with_embedder.save(tmp_path / "texts.safetensors")
+    reloaded = Index.load(tmp_path / "texts.safetensors", embedder=embedder)
+    assert np.array_equal(reloaded.search("capital", 3)[1], with_embedder.search("capital", 3)[1])
+
+
+def test_load_refuses_other_files(tmp_path: Path) -> None:
+    save_file({"vectors": torch.ones(2, 2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match=r"is not a saved qrerank\.Index"):
+        Index.load(tmp_path / "plain.safetensors")
+    meta = {"format": "qrerank.Index/1", "dim": "2"}
+    save_file({"vectors": torch.ones(2, 2), "extra": torch.ones(1)}, str(tmp_path / "extra.safetensors"), meta)
+    with pytest.raises(ValueError, match=r"holds tensors \['extra', 'vectors'\]"):
+        Index.load(tmp_path / "extra.safetensors")
+    bad = {"vectors": torch.ones(2, 2), "texts_utf8": torch.zeros(3, dtype=torch.uint8)}
+    save_file({**bad, "text_offsets": torch.tensor([0, 2, 1])}, str(tmp_path / "offsets.safetensors"), meta)
+    with pytest.raises(ValueError, match="text_offsets do not describe 2 texts"):
+        Index.load(tmp_path / "offsets.safetensors")
+
+
+TWO = vectors(3, 4, 8)
+BAD_CALLS: list[Any] = [
+    pytest.param(lambda: Index(TWO).add(torch.ones(2, 5)), ValueError, r"dimension 4 \(the index's\), got \(2, 5\)"),
+    pytest.param(lambda: Index(TWO).search(torch.ones(1, 5)), ValueError, r"queries must have dimension 4"),
+    pytest.param(lambda: Index(TWO).search(TWO, k=0), ValueError, r"k must be between 1 and 1024, got 0"),
+    pytest.param(lambda: Index(TWO).search(TWO, k=2000), ValueError, r"k must be between 1 and 1024, got 2000"),
+    pytest.param(lambda: Index(TWO).search("text"), ValueError, r"embedding texts needs an embedder"),
+    pytest.param(lambda: Index(["a"]), ValueError, r"embedding texts needs an embedder"),
+    pytest.param(lambda: Index(TWO).search([1.0, 2.0]), TypeError, r"queries\[0\] must be a str, got float"),
+    pytest.param(lambda: Index(TWO, texts=["a"]), ValueError, r"texts has 1 entries for 3 embeddings"),
+    pytest.param(lambda: Index(texts=["a"]), ValueError, r"texts were given without the embeddings"),
+    pytest.param(lambda: Index(TWO).add(TWO, texts=["a"] * 3), ValueError, r"this index has no texts"),
+    pytest.param(lambda: Index(TWO, texts=list("abc")).add(TWO), ValueError, r"has a text for every vector"),
+    pytest.param(
+        lambda: Index(torch.tensor([[float("nan"), 1.0]])), ValueError, r"embeddings contains NaN", id="nan-add"
+    ),
+    pytest.param(lambda: Index(TWO).search(torch.full((1, 4), float("inf"))), ValueError, r"queries contains an inf"),
+    pytest.param(lambda: Index(TWO, dtype=torch.float64), ValueError, r"dtype must be torch.float32, bfloat16"),
+    pytest.param(lambda: Index(TWO, embedder="model"), TypeError, r"embedder must be a qrerank.Embedder, got str"),
+    pytest.param(lambda: Index(TWO, device="tpu"), ValueError, r"device 'tpu' is not a device name"),
+    pytest.param(lambda: Index(TWO).search(TWO, as_tensor=1), TypeError, r"as_tensor must be a bool, got int"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_CALLS)
+def test_bad_input(call: Callable[[], Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()
