@@ -98,9 +98,16 @@ def _bench_score(
     model: Path, work: Workload, warmup: Workload, device: torch.device, dtype: torch.dtype, max_length: int
 ) -> dict[str, Any]:
     ours = Reranker(model, device=device, dtype=dtype, max_length=max_length)
+    unshared = Reranker(model, device=device, dtype=dtype, max_length=max_length, share_prefix=False)
     official = OfficialReranker(model, device, dtype, max_length)
-    systems = {"official": lambda q, d: official.score(q, d), "qrerank": lambda q, d: ours.score(q, d)}
+    systems = {
+        "official": lambda q, d: official.score(q, d),
+        "qrerank": lambda q, d: ours.score(q, d),
+        "unshared": lambda q, d: unshared.score(q, d),  # qrerank without shared-prefix reuse
+    }
     runs = _interleave(systems, work, warmup, device)
+    prefix_saving = runs["unshared"].summary(1, 1)["total_s"] / runs["qrerank"].summary(1, 1)["total_s"]
+    del runs["unshared"]
     tokens = sum(
         len(ids) for q, docs in zip(work.queries, work.docs) for ids in ours.prompt.encode([(q, d) for d in docs], None)
     )
@@ -112,6 +119,7 @@ def _bench_score(
     return _compare(runs, work, tokens) | {
         "max_abs_score_diff": diff,
         "identical_rankings": f"{same_order}/{len(work.queries)}",
+        "shared_prefix_speedup": prefix_saving,
     }
 
 
@@ -172,3 +180,5 @@ def _print_task(task: str, result: dict[str, Any]) -> None:
         else f"min cosine {result['min_cosine']:.6f}"
     )
     print(f"  speed-up x{result['speedup']:.2f} over the official recipe; {quality}", flush=True)
+    if "shared_prefix_speedup" in result:
+        print(f"  shared-prefix reuse: x{result['shared_prefix_speedup']:.2f} over qrerank without it", flush=True)
