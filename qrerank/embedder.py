@@ -82,10 +82,23 @@ class Embedder:
         if request.dim is not None:
             check_int(request.dim, "dim", min(MIN_DIM, self.dim), self.dim)
 
+    def encode(self, request: EmbedRequest) -> list[list[int]]:
+        """The official recipe's token ids of each text of `request`, as embedding uses them."""
+        return self.prompt.encode(request.texts, request.instruction)
+
     def embed_batch(
-        self, requests: Sequence[EmbedRequest], *, as_tensor: bool = False, show_progress: bool = False
+        self,
+        requests: Sequence[EmbedRequest],
+        *,
+        as_tensor: bool = False,
+        show_progress: bool = False,
+        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
     ) -> list[np.ndarray] | list[torch.Tensor]:
-        """Several requests in one engine pass (how a server merges concurrent callers): one [n_i, dim_i] each."""
+        """Several requests in one engine pass (how a server merges concurrent callers): one [n_i, dim_i] each.
+
+        `token_ids`: each request's ids exactly as `encode` gives them, from a caller that tokenized them
+        already; they are checked against the requests and the model, not re-made.
+        """
         check_bool(as_tensor, "as_tensor")
         check_bool(show_progress, "show_progress")
         for i, request in enumerate(requests):
@@ -95,12 +108,16 @@ class Embedder:
         if not requests:
             return []
         sizes = [len(r.texts) for r in requests]
-
-        def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
-            return [self.prompt.encode(requests[g].texts[a:b], requests[g].instruction) for g, a, b in chunk]
-
         with tqdm(total=sum(sizes), unit="text", disable=not show_progress) as progress:
-            hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)], progress)  # [N, H]
+            if token_ids is not None:
+                self.engine.check_token_ids(token_ids, sizes)
+                hidden = self.engine.run(token_ids, progress)  # [N, H] fp32
+            else:
+
+                def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
+                    return [self.prompt.encode(requests[g].texts[a:b], requests[g].instruction) for g, a, b in chunk]
+
+                hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)], progress)
         results = []
         for request, states in zip(requests, hidden.split(sizes)):
             vectors = states[:, : request.dim or self.dim]

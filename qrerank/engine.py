@@ -130,6 +130,21 @@ class Engine:
                     progress.update(sum(len(part.members) for part in parts))
         return out
 
+    def check_token_ids(self, token_ids: Sequence[Sequence[Sequence[int]]], sizes: Sequence[int]) -> None:
+        """Token ids supplied by a caller (one list of sequences per request) must fit the requests and the model:
+        a wrong id would index outside the embedding table, which on a GPU is a device-side crash, not an error."""
+        if len(token_ids) != len(sizes):
+            raise ValueError(f"token_ids has {len(token_ids)} entries for {len(sizes)} requests")
+        vocab, limit = self.config.vocab_size, self.options.max_length
+        for i, (group, size) in enumerate(zip(token_ids, sizes)):
+            if len(group) != size:
+                raise ValueError(f"token_ids[{i}] has {len(group)} sequences for the request's {size} inputs")
+            for j, seq in enumerate(group):
+                if not 1 <= len(seq) <= limit:
+                    raise ValueError(f"token_ids[{i}][{j}] has {len(seq)} tokens; expected 1 to max_length={limit}")
+                if min(seq) < 0 or max(seq) >= vocab:
+                    raise ValueError(f"token_ids[{i}][{j}] holds ids outside the vocabulary [0, {vocab})")
+
     def run_pipelined(
         self, chunks: Sequence[Callable[[], list[list[list[int]]]]], progress: tqdm | None = None
     ) -> torch.Tensor:

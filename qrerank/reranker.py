@@ -79,8 +79,22 @@ class Reranker:
             scores[idx] = values
         return scores
 
-    def score_batch(self, requests: Sequence[ScoreRequest], *, raw: bool = False) -> list[np.ndarray]:
-        """Several requests in one engine pass (how a server merges concurrent callers): a float32 array each."""
+    def encode(self, request: ScoreRequest) -> list[list[int]]:
+        """The official recipe's token ids of each (query, document) pair of `request`, as scoring uses them."""
+        return self.prompt.encode([(request.query, d) for d in request.docs], request.instruction)
+
+    def score_batch(
+        self,
+        requests: Sequence[ScoreRequest],
+        *,
+        raw: bool = False,
+        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+    ) -> list[np.ndarray]:
+        """Several requests in one engine pass (how a server merges concurrent callers): a float32 array each.
+
+        `token_ids`: each request's ids exactly as `encode` gives them, from a caller that tokenized them
+        already (a server counting tokens); they are checked against the requests and the model, not re-made.
+        """
         check_bool(raw, "raw")
         for i, request in enumerate(requests):
             if not isinstance(request, ScoreRequest):
@@ -88,14 +102,18 @@ class Reranker:
         if not requests:
             return []
         sizes = [len(r.docs) for r in requests]
+        if token_ids is not None:
+            self.engine.check_token_ids(token_ids, sizes)
+            hidden = self.engine.run(token_ids)  # [N, H] fp32
+        else:
 
-        def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
-            return [
-                self.prompt.encode([(requests[g].query, d) for d in requests[g].docs[a:b]], requests[g].instruction)
-                for g, a, b in chunk
-            ]
+            def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
+                return [
+                    self.prompt.encode([(requests[g].query, d) for d in requests[g].docs[a:b]], requests[g].instruction)
+                    for g, a, b in chunk
+                ]
 
-        hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)])  # [N, H] fp32
+            hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)])  # [N, H] fp32
         logits = hidden @ self._yes_minus_no  # [N]
         scores = (logits if raw else torch.sigmoid(logits)).cpu().numpy()
         return np.split(scores, np.cumsum(sizes)[:-1])

@@ -142,3 +142,24 @@ def test_backend_argument_is_validated(reranker_dir: Path, monkeypatch: pytest.M
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match=r"set TRITON_INTERPRET=1"):
         Reranker(reranker_dir, device="cpu", backend="triton")
+
+
+def test_token_ids_given_by_the_caller_are_used_and_checked(reranker: Reranker, embedder: Embedder) -> None:
+    requests = [ScoreRequest("capital of Japan", DOCS[:3]), ScoreRequest("fox", DOCS[2:4], instruction="Judge")]
+    ids = [reranker.encode(r) for r in requests]
+    for got, want in zip(reranker.score_batch(requests, token_ids=ids), reranker.score_batch(requests), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    texts = EmbedRequest(DOCS[:4], instruction="Find it")
+    (got,) = embedder.embed_batch([texts], token_ids=[embedder.encode(texts)])
+    np.testing.assert_allclose(got, embedder.embed(list(texts.texts), instruction="Find it"), rtol=0, atol=1e-6)
+
+    with pytest.raises(ValueError, match=r"token_ids has 1 entries for 2 requests"):
+        reranker.score_batch(requests, token_ids=ids[:1])
+    with pytest.raises(ValueError, match=r"token_ids\[1\] has 1 sequences for the request's 2 inputs"):
+        reranker.score_batch(requests, token_ids=[ids[0], ids[1][:1]])
+    with pytest.raises(ValueError, match=r"token_ids\[0\]\[2\] has 0 tokens; expected 1 to max_length=256"):
+        reranker.score_batch(requests, token_ids=[[*ids[0][:2], []], ids[1]])
+    with pytest.raises(ValueError, match=r"token_ids\[0\]\[0\] holds ids outside the vocabulary \[0, 151669\)"):
+        reranker.score_batch(requests, token_ids=[[[151669], *ids[0][1:]], ids[1]])
+    with pytest.raises(ValueError, match=r"token_ids\[0\]\[0\] has 300 tokens"):
+        embedder.embed_batch([EmbedRequest(["a"])], token_ids=[[[1] * 300]])

@@ -54,6 +54,7 @@ class _Job:
     request: ScoreRequest | EmbedRequest
     sequences: int  # documents or texts: the unit of `max_batch_sequences`
     future: asyncio.Future[np.ndarray]
+    token_ids: list[list[int]] | None  # the request's recipe ids when the caller has them already
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -104,16 +105,27 @@ class AsyncEngine:
         await self.close()
 
     async def score(
-        self, query: str, docs: Sequence[str], *, instruction: str | None = None, raw: bool = False
+        self,
+        query: str,
+        docs: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        token_ids: list[list[int]] | None = None,
     ) -> np.ndarray:
-        """`Reranker.score` merged with concurrent calls: float32 [len(docs)] in the docs' order."""
+        """`Reranker.score` merged with concurrent calls: float32 [len(docs)] in the docs' order.
+
+        `token_ids`: the documents' ids as `Reranker.encode` gives them, when the caller has them already.
+        """
         if self.reranker is None:
             raise ValueError("this AsyncEngine serves no reranker, so it cannot score")
         request = ScoreRequest(query, docs, instruction)
         kind = SCORE_RAW if check_bool(raw, "raw") else SCORE
+        if token_ids is not None:
+            self.reranker.engine.check_token_ids([token_ids], [len(request.docs)])
         if not request.docs:
             return np.empty(0, dtype=np.float32)
-        return await self._submit(kind, request, len(request.docs))
+        return await self._submit(kind, request, len(request.docs), token_ids)
 
     async def embed(
         self,
@@ -122,15 +134,21 @@ class AsyncEngine:
         instruction: str | None = None,
         dim: int | None = None,
         normalize: bool = True,
+        token_ids: list[list[int]] | None = None,
     ) -> np.ndarray:
-        """`Embedder.embed` merged with concurrent calls: float32 [n, dim] in the order of `texts`."""
+        """`Embedder.embed` merged with concurrent calls: float32 [n, dim] in the order of `texts`.
+
+        `token_ids`: the texts' ids as `Embedder.encode` gives them, when the caller has them already.
+        """
         if self.embedder is None:
             raise ValueError("this AsyncEngine serves no embedder, so it cannot embed")
         request = EmbedRequest(texts, instruction, dim, normalize)
         self.embedder.check(request)  # a bad `dim` fails here, in its caller, never inside a merged pass
+        if token_ids is not None:
+            self.embedder.engine.check_token_ids([token_ids], [len(request.texts)])
         if not request.texts:
             return np.empty((0, request.dim or self.embedder.dim), dtype=np.float32)
-        return await self._submit(EMBED, request, len(request.texts))
+        return await self._submit(EMBED, request, len(request.texts), token_ids)
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued and running one, then stop the worker thread."""
@@ -141,7 +159,9 @@ class AsyncEngine:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def _submit(self, kind: str, request: ScoreRequest | EmbedRequest, sequences: int) -> np.ndarray:
+    async def _submit(
+        self, kind: str, request: ScoreRequest | EmbedRequest, sequences: int, token_ids: list[list[int]] | None
+    ) -> np.ndarray:
         if self._closing:
             raise RuntimeError("this AsyncEngine is closed")
         loop = asyncio.get_running_loop()
@@ -151,7 +171,7 @@ class AsyncEngine:
             self._worker = loop.create_task(self._work(), name="qrerank-batcher")
         elif self._loop is not loop:
             raise RuntimeError("an AsyncEngine serves the event loop it was first used in; create one per loop")
-        job = _Job(kind, request, sequences, loop.create_future())
+        job = _Job(kind, request, sequences, loop.create_future(), token_ids)
         self._queue.append(job)
         self._arrived.set()
         try:
@@ -211,9 +231,8 @@ class AsyncEngine:
     async def _run(self, jobs: list[_Job]) -> None:
         assert self._executor is not None and self._loop is not None
         kind, start = jobs[0].kind, time.perf_counter()
-        requests = [job.request for job in jobs]
         try:
-            results = await self._loop.run_in_executor(self._executor, self._pass, kind, requests)
+            results = await self._loop.run_in_executor(self._executor, self._pass, kind, jobs)
         except Exception as err:
             if len(jobs) == 1:
                 if not jobs[0].future.done():
@@ -232,10 +251,14 @@ class AsyncEngine:
             if not job.future.done():  # its caller may have gone while the pass ran
                 job.future.set_result(result)
 
-    def _pass(self, kind: str, requests: list[ScoreRequest | EmbedRequest]) -> list[np.ndarray]:
-        """One engine pass on the worker thread."""
+    def _pass(self, kind: str, jobs: list[_Job]) -> list[np.ndarray]:
+        """One engine pass on the worker thread; requests that came without token ids are tokenized here."""
+        model = self.embedder if kind == EMBED else self.reranker
+        assert model is not None
+        requests = [job.request for job in jobs]
+        ids = [job.token_ids if job.token_ids is not None else model.encode(job.request) for job in jobs]  # type: ignore[arg-type]
         if kind == EMBED:
             assert self.embedder is not None
-            return self.embedder.embed_batch(requests)  # type: ignore[arg-type, return-value]
+            return self.embedder.embed_batch(requests, token_ids=ids)  # type: ignore[arg-type, return-value]
         assert self.reranker is not None
-        return self.reranker.score_batch(requests, raw=kind == SCORE_RAW)  # type: ignore[arg-type]
+        return self.reranker.score_batch(requests, raw=kind == SCORE_RAW, token_ids=ids)  # type: ignore[arg-type]

@@ -147,9 +147,11 @@ class Routes:
         counter = self.embed_tokens
 
         async def run() -> tuple[np.ndarray, int]:
-            tokens = await asyncio.to_thread(counter.embed_tokens, texts, instruction, truncate, field)
-            vectors = await self.engine.embed(texts, instruction=instruction, dim=dim, normalize=normalize)
-            return vectors, sum(tokens)
+            ids = await asyncio.to_thread(counter.embed_ids, texts, instruction, truncate, field)
+            vectors = await self.engine.embed(
+                texts, instruction=instruction, dim=dim, normalize=normalize, token_ids=ids
+            )
+            return vectors, sum(map(len, ids))
 
         vectors, tokens = await self._within_timeout(run())
         self.metrics.tokens.labels(self.options.embedder_name).inc(tokens)
@@ -168,17 +170,19 @@ class Routes:
         counter = self.rerank_tokens
 
         async def run() -> tuple[np.ndarray, int]:
-            tokens = await asyncio.to_thread(counter.score_tokens, pairs, docs, instruction, truncate, "documents")
+            ids = await asyncio.to_thread(counter.score_ids, pairs, docs, instruction, truncate, "documents")
             parts = await asyncio.gather(
                 *(
-                    self.engine.score(query, [docs[i] for i in idx], instruction=instruction, raw=raw)
+                    self.engine.score(
+                        query, [docs[i] for i in idx], instruction=instruction, raw=raw, token_ids=[ids[i] for i in idx]
+                    )
                     for query, idx in by_query.items()
                 )
             )
             scores = np.empty(len(docs), dtype=np.float32)
             for idx, values in zip(by_query.values(), parts, strict=True):
                 scores[idx] = values
-            return scores, sum(tokens)
+            return scores, sum(map(len, ids))
 
         scores, tokens = await self._within_timeout(run())
         self.metrics.tokens.labels(self.options.reranker_name).inc(tokens)

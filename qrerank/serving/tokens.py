@@ -1,17 +1,16 @@
-"""Token counts for `usage` and the per-input token limit: the exact recipe tokens of each input.
+"""The exact recipe token ids of each input: for `usage`, the per-input token limit, and the engine itself.
 
 The limit is the engine's `max_length`: the longest input the recipe keeps whole. To tell an input
 that fits from one the recipe would cut, inputs are encoded with the recipe at `max_length + 1`: an
 input of more than `max_length` tokens comes out one token longer than any input that fits, and
-every input that fits comes out exactly as the engine encodes it, so `usage` is exact too.
-
-This encodes each request once more than the engine does (Reranker.score_batch / Embedder.embed_batch
-tokenize their requests themselves); it runs on the caller's side, off the device thread.
+every input that fits comes out exactly as the engine encodes it. An input cut on request loses the
+one extra body token, which gives the engine's own truncation. So each input is tokenized once, here,
+off the device thread, and the ids go on to the engine (`score_batch(token_ids=...)`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from qrerank.embedder import Embedder
 from qrerank.prompts import EmbeddingPrompt, RerankerPrompt
@@ -29,7 +28,7 @@ class InputTooLong(ApiError):
 
 
 class TokenCounter:
-    """Per-input token counts of one model's requests, as the engine will see them."""
+    """Per-input token ids of one model's requests, exactly as the engine would make them."""
 
     def __init__(self, model: Reranker | Embedder) -> None:
         self.max_length = model.engine.options.max_length
@@ -40,22 +39,32 @@ class TokenCounter:
             else EmbeddingPrompt(tokenizer, self.max_length + 1)
         )
 
-    def score_tokens(
+    def score_ids(
         self, queries: Sequence[str], docs: Sequence[str], instruction: str | None, truncate: bool, field: str
-    ) -> list[int]:
-        """Tokens of each (query, document) prompt; `queries` pairs with `docs` one to one."""
-        assert isinstance(self._prompt, RerankerPrompt)
-        lengths = [len(ids) for ids in self._prompt.encode(list(zip(queries, docs, strict=True)), instruction)]
-        return self._checked(lengths, truncate, field)
+    ) -> list[list[int]]:
+        """Token ids of each (query, document) prompt; `queries` pairs with `docs` one to one."""
+        prompt = self._prompt
+        assert isinstance(prompt, RerankerPrompt)
+        ids = prompt.encode(list(zip(queries, docs, strict=True)), instruction)
+        # prefix + body[:budget + 1] + suffix -> prefix + body[:budget] + suffix, as the engine cuts
+        body_end = len(prompt.prefix_ids) + prompt.body_budget - 1
+        return self._checked(ids, truncate, field, lambda seq: seq[:body_end] + prompt.suffix_ids)
 
-    def embed_tokens(self, texts: Sequence[str], instruction: str | None, truncate: bool, field: str) -> list[int]:
-        assert isinstance(self._prompt, EmbeddingPrompt)
-        return self._checked([len(ids) for ids in self._prompt.encode(texts, instruction)], truncate, field)
+    def embed_ids(self, texts: Sequence[str], instruction: str | None, truncate: bool, field: str) -> list[list[int]]:
+        prompt = self._prompt
+        assert isinstance(prompt, EmbeddingPrompt)
+        # text[:budget + 1] + eos -> text[:budget] + eos, as the engine cuts
+        cut = prompt.text_budget - 1
+        return self._checked(
+            prompt.encode(texts, instruction), truncate, field, lambda seq: [*seq[:cut], prompt.eos_id]
+        )
 
-    def _checked(self, lengths: list[int], truncate: bool, field: str) -> list[int]:
-        if truncate:
-            return [min(n, self.max_length) for n in lengths]
-        for i, n in enumerate(lengths):
-            if n > self.max_length:
-                raise InputTooLong(field, i, self.max_length)
-        return lengths
+    def _checked(
+        self, ids: list[list[int]], truncate: bool, field: str, cut: Callable[[list[int]], list[int]]
+    ) -> list[list[int]]:
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_length:
+                if not truncate:
+                    raise InputTooLong(field, i, self.max_length)
+                ids[i] = cut(seq)
+        return ids
