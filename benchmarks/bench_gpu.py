@@ -6,7 +6,8 @@ Per preset (default 0.6B and 4B):
   prefix         the same requests with share_prefix=False: the saving of shared-prefix reuse
   latency 1x20   p50 of 1 query x 20 documents against its compute floor (model FLOPs / matmul rate)
   score 32x100   32 queries x 100 documents (qrerank: one score_batch call; official: query by query)
-  embed 10k      10,000 passages (qrerank: one call; official: batches of 64 as its example does)
+  embed 10k      10,000 passages (qrerank: one call; official: batches of 64 as its example does; and
+                 sentence-transformers with last-token pooling, batches of 64, when it is installed)
   spearman       bf16 scores vs the fp32 torch-reference scores over 1,000 pairs
 32x100, embed and spearman run for the first preset only (time). MFU is model FLOPs per second over
 the card's measured bf16 matmul rate.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import tempfile
 import time
@@ -31,7 +33,7 @@ import torch
 from qrerank import Embedder, Reranker, ScoreRequest
 from qrerank.batching import shared_prefix_len
 from qrerank.bench import corpus
-from qrerank.bench.baselines import OfficialEmbedder, OfficialReranker
+from qrerank.bench.baselines import OfficialEmbedder, OfficialReranker, SentenceTransformersEmbedder
 from qrerank.bench.measure import PeakMemory
 from qrerank.bench.roofline import measure_card, model_flops
 from qrerank.testing import random_checkpoint
@@ -165,7 +167,18 @@ def bench_embedding(path: Path, tflops: float, count: int) -> dict[str, Any]:
         lambda: np.concatenate([official.embed(texts[i : i + 64]) for i in range(0, count, 64)])
     )
     peak = peak_of(lambda: ours.embed(texts[:2000]))
-    return {
+    extra: dict[str, Any] = {}
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        del official
+        gc.collect()
+        torch.cuda.empty_cache()
+        st = SentenceTransformersEmbedder(path, CUDA, torch.bfloat16, 8192)
+        st.embed(texts[:64])
+        st_s, st_vectors = timed(lambda: st.embed(texts))
+        extra["sentence_transformers"] = summary([st_s], count, lengths, flops, tflops)
+        extra["speedup_vs_sentence_transformers"] = st_s / ours_s
+        extra["min_cosine_vs_sentence_transformers"] = float((ours_vectors * st_vectors).sum(axis=1).min())
+    return extra | {
         "qrerank": summary([ours_s], count, lengths, flops, tflops) | {"peak_memory_mb": peak / 2**20},
         "official": summary([official_s], count, lengths, flops, tflops),
         "speedup": official_s / ours_s,

@@ -125,6 +125,13 @@ def e2e(data: dict[str, Any]) -> list[Row]:
                 f"= x{emb['speedup']:.2f}, MFU {emb['qrerank']['mfu']:.0%}",
                 f"min cosine {emb['min_cosine']:.4f}",
             ))  # fmt: skip
+            if "sentence_transformers" in emb:
+                rows.append((
+                    f"{preset} embed 10k vs sentence-transformers",
+                    f"{emb['sentence_transformers']['items_per_s']:.0f} texts/s; qrerank "
+                    f"x{emb['speedup_vs_sentence_transformers']:.2f}",
+                    f"min cosine {emb['min_cosine_vs_sentence_transformers']:.4f}",
+                ))  # fmt: skip
     return rows
 
 

@@ -66,3 +66,30 @@ class OfficialEmbedder:
         hidden = self.model(**batch.to(self.device)).last_hidden_state
         pooled = hidden[:, -1]  # left padding: the last position is every text's final token
         return F.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
+
+
+class SentenceTransformersEmbedder:
+    """Qwen3-Embedding as its model card runs it on sentence-transformers: last-token pooling, then L2 norm.
+
+    Built from modules, so a bare checkpoint directory (without sentence-transformers config files) gets the
+    published pooling rather than the library's mean-pooling default.
+    """
+
+    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, max_length: int) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer, models
+        except ImportError:
+            raise SystemExit("this baseline needs sentence-transformers: pip install sentence-transformers") from None
+        # model_args / tokenizer_args: the names sentence-transformers 3-5 take (6 still accepts them)
+        transformer = models.Transformer(
+            str(model_dir),
+            max_seq_length=max_length,
+            model_args={"torch_dtype": dtype, "attn_implementation": "sdpa"},
+            tokenizer_args={"padding_side": "left"},
+        )
+        pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="lasttoken")
+        self.model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device=str(device))
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
