@@ -101,7 +101,9 @@ def _attend_tile(
     return acc, l_i, m_new
 
 
-@triton.jit
+# num_seqs generic: Triton would otherwise compile a separate kernel the first time a batch holds 1 or a
+# multiple of 16 sequences, a multi-second stall in the middle of serving.
+@triton.jit(do_not_specialize=["num_seqs"])
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, cu_seqlens_ptr, prefix_offsets_ptr, prefix_lens_ptr,
     num_seqs, qk_scale,
