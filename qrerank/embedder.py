@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions, chunk_groups
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
 from qrerank.prompts import EmbeddingPrompt
 from qrerank.requests import EmbedRequest
 from qrerank.validation import check_bool, check_int
@@ -82,9 +81,9 @@ class Embedder:
         if request.dim is not None:
             check_int(request.dim, "dim", min(MIN_DIM, self.dim), self.dim)
 
-    def encode(self, request: EmbedRequest) -> list[list[int]]:
-        """The official recipe's token ids of each text of `request`, as embedding uses them."""
-        return self.prompt.encode(request.texts, request.instruction)
+    def encode(self, request: EmbedRequest, start: int = 0, end: int | None = None) -> list[list[int]]:
+        """The official recipe's token ids of each text of `request` (texts start:end), as embedding uses them."""
+        return self.prompt.encode(request.texts[start:end], request.instruction)
 
     def embed_batch(
         self,
@@ -109,15 +108,9 @@ class Embedder:
             return []
         sizes = [len(r.texts) for r in requests]
         with tqdm(total=sum(sizes), unit="text", disable=not show_progress) as progress:
-            if token_ids is not None:
-                self.engine.check_token_ids(token_ids, sizes)
-                hidden = self.engine.run(token_ids, progress)  # [N, H] fp32
-            else:
-
-                def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
-                    return [self.prompt.encode(requests[g].texts[a:b], requests[g].instruction) for g, a, b in chunk]
-
-                hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)], progress)
+            hidden = self.engine.run_requests(
+                sizes, lambda i, a, b: self.encode(requests[i], a, b), token_ids, progress
+            )  # [N, H] fp32
         results = []
         for request, states in zip(requests, hidden.split(sizes)):
             vectors = states[:, : request.dim or self.dim]

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -144,6 +145,27 @@ class Engine:
                     raise ValueError(f"token_ids[{i}][{j}] has {len(seq)} tokens; expected 1 to max_length={limit}")
                 if min(seq) < 0 or max(seq) >= vocab:
                     raise ValueError(f"token_ids[{i}][{j}] holds ids outside the vocabulary [0, {vocab})")
+
+    def run_requests(
+        self,
+        sizes: Sequence[int],
+        encode: Callable[[int, int, int], list[list[int]]],
+        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+        progress: tqdm | None = None,
+    ) -> torch.Tensor:
+        """States [sum(sizes), H] of requests of `sizes` items, each request one group.
+
+        `encode(request, start, end)` tokenizes items start:end of a request; it runs in pipelined chunks.
+        `token_ids` (one list per request, from a caller that tokenized already) are checked and used instead.
+        """
+        if token_ids is not None:
+            self.check_token_ids(token_ids, sizes)
+            return self.run(token_ids, progress)
+
+        def encode_chunk(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
+            return [encode(request, start, end) for request, start, end in chunk]
+
+        return self.run_pipelined([partial(encode_chunk, chunk) for chunk in chunk_groups(sizes)], progress)
 
     def run_pipelined(
         self, chunks: Sequence[Callable[[], list[list[list[int]]]]], progress: tqdm | None = None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions, chunk_groups
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
 from qrerank.prompts import RerankerPrompt
 from qrerank.requests import ScoreRequest
 from qrerank.validation import check_bool, check_int, check_optional_str, check_pairs
@@ -79,9 +78,9 @@ class Reranker:
             scores[idx] = values
         return scores
 
-    def encode(self, request: ScoreRequest) -> list[list[int]]:
-        """The official recipe's token ids of each (query, document) pair of `request`, as scoring uses them."""
-        return self.prompt.encode([(request.query, d) for d in request.docs], request.instruction)
+    def encode(self, request: ScoreRequest, start: int = 0, end: int | None = None) -> list[list[int]]:
+        """The official recipe's token ids of each (query, document) pair of `request` (documents start:end)."""
+        return self.prompt.encode([(request.query, d) for d in request.docs[start:end]], request.instruction)
 
     def score_batch(
         self,
@@ -102,18 +101,7 @@ class Reranker:
         if not requests:
             return []
         sizes = [len(r.docs) for r in requests]
-        if token_ids is not None:
-            self.engine.check_token_ids(token_ids, sizes)
-            hidden = self.engine.run(token_ids)  # [N, H] fp32
-        else:
-
-            def encode(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
-                return [
-                    self.prompt.encode([(requests[g].query, d) for d in requests[g].docs[a:b]], requests[g].instruction)
-                    for g, a, b in chunk
-                ]
-
-            hidden = self.engine.run_pipelined([partial(encode, c) for c in chunk_groups(sizes)])  # [N, H] fp32
+        hidden = self.engine.run_requests(sizes, lambda i, a, b: self.encode(requests[i], a, b), token_ids)  # [N, H]
         logits = hidden @ self._yes_minus_no  # [N]
         scores = (logits if raw else torch.sigmoid(logits)).cpu().numpy()
         return np.split(scores, np.cumsum(sizes)[:-1])
