@@ -22,7 +22,6 @@ import gc
 import importlib.util
 import json
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 
 from qrerank import Embedder, Reranker, ScoreRequest
 from qrerank.batching import shared_prefix_len
-from qrerank.bench import corpus
+from qrerank.bench import corpus, measure
 from qrerank.bench.baselines import OfficialEmbedder, OfficialReranker, SentenceTransformersEmbedder
 from qrerank.bench.measure import PeakMemory
 from qrerank.bench.roofline import measure_card, model_flops
@@ -43,11 +42,7 @@ WORDS_300_TOKENS = (190, 240)  # pydoc prose runs ~1.4 tokens per word
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+    return measure.timed(fn, CUDA)
 
 
 def peak_of(fn: Callable[[], Any]) -> int:

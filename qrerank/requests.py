@@ -40,5 +40,5 @@ class EmbedRequest:
         object.__setattr__(self, "texts", tuple(texts))
         check_optional_str(self.instruction, "instruction")
         if self.dim is not None:
-            check_int(self.dim, "dim", -(2**63))  # the type here; the range once the model's width is known
+            check_int(self.dim, "dim", None)  # the type here; the range once the model's width is known
         check_bool(self.normalize, "normalize")

@@ -61,11 +61,15 @@ def check_pairs(pairs: Any, name: str = "pairs") -> list[tuple[str, str]]:
     return checked
 
 
-def check_int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+def check_int(value: Any, name: str, minimum: int | None, maximum: int | None = None) -> int:
+    """An int (not a bool) in [minimum, maximum]; a None bound is open."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {_type_name(value)}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            bound = f"between {minimum} and {maximum}"
+        else:
+            bound = f">= {minimum}" if minimum is not None else f"<= {maximum}"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
 

@@ -60,6 +60,17 @@ class PeakMemory:
             self.peak = max(self.peak, rss_bytes() - self._base)
 
 
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """(wall seconds, result) of fn(), the device's queued work included on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
+
+
 @dataclass
 class Run:
     """Latencies of one system over the same requests, with the outputs it gave."""
@@ -70,13 +81,8 @@ class Run:
     peak_memory: int = 0
 
     def timed(self, fn: Callable[[], Any], device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.latencies.append(time.perf_counter() - start)
+        seconds, out = timed(fn, device)
+        self.latencies.append(seconds)
         self.outputs.append(out)
 
     def summary(self, items: int, tokens: int) -> dict[str, float]:
