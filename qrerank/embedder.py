@@ -22,7 +22,7 @@ MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 class Embedder:
     """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device.
 
-    `backend`, `share_prefix` and `cuda_graphs` as for Reranker; a request's texts form one group, so an
+    `backend`, `share_prefix`, `cuda_graphs` and `warmup` as for Reranker; a request's texts form one group, so an
     instruction's tokens are computed once per micro-batch.
     """
 
@@ -37,9 +37,10 @@ class Embedder:
         backend: str | None = None,
         share_prefix: bool = True,
         cuda_graphs: bool | None = None,
+        warmup: bool | None = None,
     ) -> None:
         options = EngineOptions.validate(
-            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
+            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs, warmup
         )
         ckpt = Checkpoint.open(model)
         self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length)
