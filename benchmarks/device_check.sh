@@ -7,10 +7,10 @@
 # through CUDA_HOME or PATH; the step fails loudly when the extension does not import), after installing
 # the wheels of .whl/ (benchmarks/download_gpu_wheels.sh) into the scratch directory when that folder is
 # present. Step limits in seconds, sized for a fresh machine (first Triton compiles included):
-#   every tier   wheels 20 (when .whl/ is present), install 50
+#   every tier   wheels 15 (when .whl/ is present), install 60 (about 30 s of it nvcc on 2 cores)
 #   smoke        gpu_tests 95: every GPU test, pytest -n 4; parity 40: bf16 end to end at the 0.6B shape
-#   bench        kernels 30, topk 25, e2e 75 (0.6B, --quick), serving 80
-# all: 415 s of limits (under 7 minutes); smoke alone 205 s, bench alone 280 s. A step that fails or runs
+#   bench        kernels 30, topk 25, e2e 75 (0.6B, --quick), serving 75
+# all: 415 s of limits (under 7 minutes); smoke alone 210 s, bench alone 280 s. A step that fails or runs
 # out of time is reported and the next one runs; the benchmarks write their JSON as they go, and pytest
 # stopped at its limit still writes its junit report.
 #
@@ -67,7 +67,13 @@ install_project() {
         echo "FAILED: no nvcc (CUDA_HOME=${CUDA_HOME:-unset}, none on PATH): qrerank._topk cannot be built"
         return 1
     fi
-    "$PY" -m pip install --no-build-isolation --no-deps -e . || return 1
+    local setuptools
+    setuptools=$("$PY" -c "import setuptools; print(setuptools.__version__, setuptools.__file__)" 2>&1)
+    echo "setuptools: $setuptools"
+    if ! "$PY" -m pip install --no-index --no-build-isolation --no-deps -e .; then  # offline: nothing to fetch
+        echo "FAILED: pip install -e . (setuptools ${setuptools%% *}; pyproject.toml's license string needs >= 77)"
+        return 1
+    fi
     if ! "$PY" -c "import qrerank._topk"; then
         echo "FAILED: qrerank._topk does not import after the install: the CUDA top-k extension was not built"
         return 1
@@ -97,7 +103,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,power.limi
     > "$SCRATCH/gpu.csv" 2>&1
 cat "$SCRATCH/gpu.csv"
 if [[ -d .whl ]] && compgen -G '.whl/*.whl' > /dev/null; then
-    step wheels 20 TERM bash -c install_wheels
+    step wheels 15 TERM bash -c install_wheels
     export PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}"
 else
     record wheels skipped 0 0 "no .whl/ folder (benchmarks/download_gpu_wheels.sh)"
@@ -111,7 +117,7 @@ fi
 } > "$SCRATCH/environment.txt" 2>&1
 cat "$SCRATCH/environment.txt"
 
-step install 50 TERM bash -c install_project
+step install 60 TERM bash -c install_project
 if [[ $tier != bench ]]; then
     # SIGINT: pytest stops like on Ctrl-C and still writes the junit report of the tests that ran
     step gpu_tests 95 INT "$PY" -m pytest -q -n 4 -p no:cacheprovider --junitxml="$SCRATCH/gpu_tests.xml" \
@@ -126,10 +132,10 @@ if [[ $tier != smoke ]]; then
         --checkpoints "$SCRATCH/checkpoints"
     missing=$(serving_missing)
     if [[ -n $missing ]]; then
-        record serving skipped 0 80 "${missing// /, } not installed (.whl/: benchmarks/download_gpu_wheels.sh)"
+        record serving skipped 0 75 "${missing// /, } not installed (.whl/: benchmarks/download_gpu_wheels.sh)"
         echo "=== serving skipped: $missing not installed"
     else
-        step serving 80 TERM "$PY" benchmarks/bench_serving.py --preset 0.6B --device cuda --requests 128 \
+        step serving 75 TERM "$PY" benchmarks/bench_serving.py --preset 0.6B --device cuda --requests 128 \
             --json "$SCRATCH/serving.json"
     fi
 fi

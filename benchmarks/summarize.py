@@ -234,10 +234,12 @@ def main(out: Path) -> str:
     steps = read_steps(out)
     rows: list[Row] = [(f"step {s['name']}", f"{s['status']}, {s['seconds']} s of {s['limit']} s", "") for s in steps]
     tests, results = {}, {}
+    timed_out = {s["name"] for s in steps if s["rc"] in ("124", "137")}
     for name, file in JUNIT.items():
         if (out / file).exists():
             tests[name] = read_junit(out / file)
-            rows += test_rows(name.replace("_", " "), tests[name])
+            label = name.replace("_", " ") + (" (stopped at the time limit)" if name in timed_out else "")
+            rows += test_rows(label, tests[name])
     ran = {s["name"] for s in steps if s["rc"] != "skipped"}
     for name, (file, section) in SECTIONS.items():
         path = out / file
