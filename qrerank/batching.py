@@ -162,6 +162,10 @@ def pack(
 
     input_ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
     positions = np.arange(total, dtype=np.int64) - token_first_position
+    if pad_to is not None:
+        # The padding sequence is never read: position 0 keeps its RoPE lookups inside the table however
+        # short max_length is (it can hold up to a whole bucket of tokens when a graph is captured).
+        positions[total - spare :] = 0
     shared = pad_to is not None or any(part.prefix_len for part in parts)
     narrow = [cu_seqlens.astype(np.int32)]
     if shared:

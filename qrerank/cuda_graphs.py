@@ -57,18 +57,23 @@ class CudaGraphs:
     def buckets(self, max_batch_tokens: int, max_length: int) -> list[tuple[int, int]]:
         """Every bucket a micro-batch of an engine with these limits can replay at.
 
-        A planned micro-batch holds at most max_batch_tokens tokens in at most that many sequences (each
-        has a token), or is one input of at most max_length tokens that runs alone, as a prefix and the rest.
+        A planned micro-batch holds at most max_batch_tokens tokens in packed sequences of 1 to max_length
+        tokens each, or is one input of at most max_length tokens that runs alone, as a prefix and the rest.
         """
         found = set()
         for cap, max_seqs in ((max_batch_tokens, max_batch_tokens), (max_length, 2)):
             cap = min(cap, self.max_tokens)
             for padded in range(TOKEN_STEP, cap + TOKEN_STEP, TOKEN_STEP):
-                tokens = min(padded, cap)  # the fullest batch of this bucket; fewer tokens need no more sequences
-                most = self.bucket(tokens, min(tokens, max_seqs))
-                assert most is not None and most[0] == padded
-                found.update((padded, 1 << shift) for shift in range(MIN_SEQS.bit_length() - 1, most[1].bit_length()))
+                tokens = range(padded - TOKEN_STEP + 1, min(padded, cap) + 1)
+                fewest = min(self._seq_bucket(t, min(-(-t // max_length), max_seqs)) for t in tokens)
+                most = self._seq_bucket(tokens[-1], min(tokens[-1], max_seqs))
+                found.update((padded, 1 << k) for k in range(fewest.bit_length() - 1, most.bit_length()))
         return sorted(found)
+
+    def _seq_bucket(self, tokens: int, seqs: int) -> int:
+        bucket = self.bucket(tokens, seqs)
+        assert bucket is not None
+        return bucket[1]
 
     def capture(self, bucket: tuple[int, int]) -> None:
         """Capture the forward pass of `bucket` now unless it is captured. A graph does not depend on the

@@ -182,6 +182,14 @@ def test_every_packed_tensor_is_16_byte_aligned() -> None:
                         assert tensor.data_ptr() % 16 == 0, (field, seqs, prefix, pad_to, tensor.storage_offset())
 
 
+def test_padding_tokens_sit_at_position_0() -> None:
+    """A padding sequence may be longer than max_length (a graph captured from a 1-token batch); its
+    positions index the RoPE table, so they must stay in range."""
+    batch = pack([[5, 6, 7]], [Part(np.array([0]), 0)], CPU, pad_to=(512, 8))
+    assert batch.positions.tolist() == [0, 1, 2] + [0] * 509
+    assert batch.input_ids.tolist() == [5, 6, 7] + [0] * 509
+
+
 def _mixed_texts(seed: int, n: int, max_words: int) -> list[str]:
     rng = np.random.default_rng(seed)
     words = ["alpha", "beta", "gamma", "retrieval", "qwen", "pack", "Tokyo", "的", "🙂", "x9", "\n", "déjà"]

@@ -28,13 +28,16 @@ DOCS = [f"document {i} " * (1 + i % 7) for i in range(24)]
 
 
 def _planned_buckets(graphs: CudaGraphs, max_batch_tokens: int, max_length: int) -> set[tuple[int, int]]:
-    """Brute force: the bucket of every (tokens, sequences) a planned batch can have (each sequence >= 1 token)."""
-    shapes = {(t, s) for t in range(1, max_batch_tokens + 1) for s in range(1, t + 1)}
+    """Brute force: the bucket of every (tokens, sequences) a planned batch can have (1 to max_length tokens
+    per packed sequence)."""
+    shapes = {(t, s) for t in range(1, max_batch_tokens + 1) for s in range(-(-t // max_length), t + 1)}
     shapes |= {(t, s) for t in range(1, max_length + 1) for s in (1, 2)}  # one input alone, with its prefix
     return {bucket for t, s in shapes if (bucket := graphs.bucket(t, s)) is not None}
 
 
-@pytest.mark.parametrize(("max_batch_tokens", "max_length"), [(300, 700), (512, 512), (700, 100), (100, 100), (1, 5)])
+@pytest.mark.parametrize(
+    ("max_batch_tokens", "max_length"), [(300, 700), (512, 512), (700, 100), (600, 7), (100, 100), (1, 5)]
+)
 def test_buckets_are_exactly_those_planned_batches_reach(max_batch_tokens: int, max_length: int) -> None:
     graphs = CudaGraphs(model=None, max_tokens=512)  # type: ignore[arg-type]
     assert set(graphs.buckets(max_batch_tokens, max_length)) == _planned_buckets(graphs, max_batch_tokens, max_length)
