@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from qrerank.checkpoint import Checkpoint
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
 from qrerank.prompts import EmbeddingPrompt
-from qrerank.requests import EmbedRequest
+from qrerank.requests import EmbedRequest, Tokenized
 from qrerank.validation import check_bool, check_int
 
 MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
@@ -85,18 +85,22 @@ class Embedder:
         """The official recipe's token ids of each text of `request` (texts start:end), as embedding uses them."""
         return self.prompt.encode(request.texts[start:end], request.instruction)
 
+    def tokenize(self, request: EmbedRequest) -> Tokenized:
+        """The sequences `embed_batch` runs for `request` (for a caller that schedules them itself)."""
+        return Tokenized(self.encode(request))
+
     def embed_batch(
         self,
         requests: Sequence[EmbedRequest],
         *,
         as_tensor: bool = False,
         show_progress: bool = False,
-        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+        tokenized: Sequence[Tokenized] | None = None,
     ) -> list[np.ndarray] | list[torch.Tensor]:
         """Several requests in one engine pass (how a server merges concurrent callers): one [n_i, dim_i] each.
 
-        `token_ids`: each request's ids exactly as `encode` gives them, from a caller that tokenized them
-        already; they are checked against the requests and the model, not re-made.
+        `tokenized`: each request's sequences exactly as `tokenize` gives them, from a caller that tokenized
+        them already; they are checked against the requests and the model, not re-made.
         """
         check_bool(as_tensor, "as_tensor")
         check_bool(show_progress, "show_progress")
@@ -104,12 +108,16 @@ class Embedder:
             if not isinstance(request, EmbedRequest):
                 raise TypeError(f"requests[{i}] must be an EmbedRequest, got {type(request).__name__}")
             self.check(request)
+        if tokenized is not None:
+            for i, t in enumerate(tokenized):
+                if isinstance(t, Tokenized) and t.owners is not None:
+                    raise ValueError(f"tokenized[{i}] has several sequences per text; embeddings take one each")
         if not requests:
             return []
         sizes = [len(r.texts) for r in requests]
         with tqdm(total=sum(sizes), unit="text", disable=not show_progress) as progress:
             hidden = self.engine.run_requests(
-                sizes, lambda i, a, b: self.encode(requests[i], a, b), token_ids, progress
+                sizes, lambda i, a, b: self.encode(requests[i], a, b), tokenized, progress
             )  # [N, H] fp32
         results = []
         for request, states in zip(requests, hidden.split(sizes)):

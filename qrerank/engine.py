@@ -17,6 +17,7 @@ from qrerank.checkpoint import Checkpoint, load_weights
 from qrerank.cuda_graphs import CudaGraphs
 from qrerank.model import Qwen3
 from qrerank.ops import ops_for
+from qrerank.requests import Tokenized
 from qrerank.validation import check_bool, check_int, resolve_backend, resolve_device, resolve_dtype
 
 DEFAULT_MAX_LENGTH = 8192
@@ -131,36 +132,39 @@ class Engine:
                     progress.update(sum(len(part.members) for part in parts))
         return out
 
-    def check_token_ids(self, token_ids: Sequence[Sequence[Sequence[int]]], sizes: Sequence[int]) -> None:
-        """Token ids supplied by a caller (one list of sequences per request) must fit the requests and the model:
+    def check_tokenized(self, tokenized: Sequence[Tokenized], sizes: Sequence[int]) -> None:
+        """Token ids supplied by a caller (one Tokenized per request) must fit the requests and the model:
         a wrong id would index outside the embedding table, which on a GPU is a device-side crash, not an error."""
-        if len(token_ids) != len(sizes):
-            raise ValueError(f"token_ids has {len(token_ids)} entries for {len(sizes)} requests")
+        if len(tokenized) != len(sizes):
+            raise ValueError(f"tokenized has {len(tokenized)} entries for {len(sizes)} requests")
         vocab, limit = self.config.vocab_size, self.options.max_length
-        for i, (group, size) in enumerate(zip(token_ids, sizes)):
-            if len(group) != size:
-                raise ValueError(f"token_ids[{i}] has {len(group)} sequences for the request's {size} inputs")
-            for j, seq in enumerate(group):
+        for i, (request, size) in enumerate(zip(tokenized, sizes)):
+            if not isinstance(request, Tokenized):
+                raise TypeError(f"tokenized[{i}] must be a Tokenized, got {type(request).__name__}")
+            if request.items != size:
+                raise ValueError(f"tokenized[{i}] has {request.items} items for the request's {size} inputs")
+            for j, seq in enumerate(request.ids):
                 if not 1 <= len(seq) <= limit:
-                    raise ValueError(f"token_ids[{i}][{j}] has {len(seq)} tokens; expected 1 to max_length={limit}")
+                    raise ValueError(f"tokenized[{i}].ids[{j}] has {len(seq)} tokens; expected 1 to max_length={limit}")
                 if min(seq) < 0 or max(seq) >= vocab:
-                    raise ValueError(f"token_ids[{i}][{j}] holds ids outside the vocabulary [0, {vocab})")
+                    raise ValueError(f"tokenized[{i}].ids[{j}] holds ids outside the vocabulary [0, {vocab})")
 
     def run_requests(
         self,
         sizes: Sequence[int],
         encode: Callable[[int, int, int], list[list[int]]],
-        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+        tokenized: Sequence[Tokenized] | None = None,
         progress: tqdm | None = None,
     ) -> torch.Tensor:
-        """States [sum(sizes), H] of requests of `sizes` items, each request one group.
+        """States [S, H] of requests of `sizes` items, each request one group.
 
-        `encode(request, start, end)` tokenizes items start:end of a request; it runs in pipelined chunks.
-        `token_ids` (one list per request, from a caller that tokenized already) are checked and used instead.
+        `encode(request, start, end)` tokenizes items start:end of a request (one sequence each); it runs
+        in pipelined chunks. `tokenized` (one per request, from a caller that tokenized already, possibly
+        several sequences per item) is checked and used instead.
         """
-        if token_ids is not None:
-            self.check_token_ids(token_ids, sizes)
-            return self.run(token_ids, progress)
+        if tokenized is not None:
+            self.check_tokenized(tokenized, sizes)
+            return self.run([request.ids for request in tokenized], progress)
 
         def encode_chunk(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
             return [encode(request, start, end) for request, start, end in chunk]

@@ -12,7 +12,7 @@ import torch
 from qrerank.checkpoint import Checkpoint
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
 from qrerank.prompts import RerankerPrompt
-from qrerank.requests import ScoreRequest
+from qrerank.requests import ScoreRequest, Tokenized
 from qrerank.validation import check_bool, check_int, check_optional_str, check_pairs
 
 
@@ -82,17 +82,22 @@ class Reranker:
         """The official recipe's token ids of each (query, document) pair of `request` (documents start:end)."""
         return self.prompt.encode([(request.query, d) for d in request.docs[start:end]], request.instruction)
 
+    def tokenize(self, request: ScoreRequest) -> Tokenized:
+        """The sequences `score_batch` runs for `request` (for a caller that schedules them itself)."""
+        return Tokenized(self.encode(request))
+
     def score_batch(
         self,
         requests: Sequence[ScoreRequest],
         *,
         raw: bool = False,
-        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+        tokenized: Sequence[Tokenized] | None = None,
     ) -> list[np.ndarray]:
         """Several requests in one engine pass (how a server merges concurrent callers): a float32 array each.
 
-        `token_ids`: each request's ids exactly as `encode` gives them, from a caller that tokenized them
-        already (a server counting tokens); they are checked against the requests and the model, not re-made.
+        `tokenized`: each request's sequences exactly as `tokenize` gives them (or any slice of items of
+        them), from a caller that tokenized already (a server counting tokens); they are checked against
+        the requests and the model, not re-made.
         """
         check_bool(raw, "raw")
         for i, request in enumerate(requests):
@@ -101,10 +106,14 @@ class Reranker:
         if not requests:
             return []
         sizes = [len(r.docs) for r in requests]
-        hidden = self.engine.run_requests(sizes, lambda i, a, b: self.encode(requests[i], a, b), token_ids)  # [N, H]
-        logits = hidden @ self._yes_minus_no  # [N]
-        scores = (logits if raw else torch.sigmoid(logits)).cpu().numpy()
-        return np.split(scores, np.cumsum(sizes)[:-1])
+        hidden = self.engine.run_requests(sizes, lambda i, a, b: self.encode(requests[i], a, b), tokenized)  # [S, H]
+        logits = (hidden @ self._yes_minus_no).cpu()  # [S]: one per sequence
+        if tokenized is None:
+            per_request = logits.split(sizes)
+        else:
+            counts = [len(t.ids) for t in tokenized]
+            per_request = [t.per_item_max(x) for t, x in zip(tokenized, logits.split(counts), strict=True)]
+        return [(x if raw else torch.sigmoid(x)).numpy() for x in per_request]
 
     def rank(
         self,

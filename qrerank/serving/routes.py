@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from qrerank.requests import EmbedRequest
+from qrerank.requests import EmbedRequest, Tokenized
 from qrerank.serving.async_engine import AsyncEngine
 from qrerank.serving.body import parse, read_json
 from qrerank.serving.errors import ApiError
@@ -149,7 +149,7 @@ class Routes:
         async def run() -> tuple[np.ndarray, int]:
             ids = await asyncio.to_thread(counter.embed_ids, texts, instruction, truncate, field)
             vectors = await self.engine.embed(
-                texts, instruction=instruction, dim=dim, normalize=normalize, token_ids=ids
+                texts, instruction=instruction, dim=dim, normalize=normalize, tokenized=Tokenized(ids)
             )
             return vectors, sum(map(len, ids))
 
@@ -174,7 +174,11 @@ class Routes:
             parts = await asyncio.gather(
                 *(
                     self.engine.score(
-                        query, [docs[i] for i in idx], instruction=instruction, raw=raw, token_ids=[ids[i] for i in idx]
+                        query,
+                        [docs[i] for i in idx],
+                        instruction=instruction,
+                        raw=raw,
+                        tokenized=Tokenized([ids[i] for i in idx]),
                     )
                     for query, idx in by_query.items()
                 )
