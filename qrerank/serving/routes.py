@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from qrerank.requests import EmbedRequest, Tokenized
 from qrerank.serving.async_engine import AsyncEngine
-from qrerank.serving.body import parse, read_json
+from qrerank.serving.body import read_request
 from qrerank.serving.errors import ApiError
 from qrerank.serving.metrics import ServingMetrics
 from qrerank.serving.options import ServerOptions
@@ -68,7 +68,7 @@ class Routes:
         return {"object": "list", "data": data}
 
     async def openai_embeddings(self, request: Request) -> JSONResponse:
-        body = parse(OpenAIEmbeddingsRequest, await read_json(request, self.options.max_body_bytes))
+        body = await read_request(request, OpenAIEmbeddingsRequest, self.options.max_body_bytes)
         name = self._embedder_name(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         vectors, tokens = await self._embed(texts, body.instruction, body.dimensions, True, False, "input")
@@ -81,7 +81,7 @@ class Routes:
         return JSONResponse({"object": "list", "data": data, "model": name, "usage": usage})
 
     async def rerank(self, request: Request) -> JSONResponse:
-        body = parse(RerankRequest, await read_json(request, self.options.max_body_bytes))
+        body = await read_request(request, RerankRequest, self.options.max_body_bytes)
         name = self._reranker_name(body.model)
         docs = [d if isinstance(d, str) else d.text for d in body.documents]
         if body.top_n is not None and body.top_n > self.options.max_inputs:
@@ -98,7 +98,7 @@ class Routes:
     async def inference(self, request: Request, model: str) -> JSONResponse:
         if model != self.options.reranker_name:
             raise self._unknown_model(model, "reranker")
-        body = parse(InferenceRequest, await read_json(request, self.options.max_body_bytes))
+        body = await read_request(request, InferenceRequest, self.options.max_body_bytes)
         if len(body.queries) not in (1, len(body.documents)):
             raise ApiError(
                 422,
@@ -109,7 +109,7 @@ class Routes:
         return JSONResponse({"scores": scores.tolist(), "input_tokens": tokens})
 
     async def tei_embed(self, request: Request) -> JSONResponse:
-        body = parse(TeiEmbedRequest, await read_json(request, self.options.max_body_bytes))
+        body = await read_request(request, TeiEmbedRequest, self.options.max_body_bytes)
         self._embedder_name(None)
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         truncate = self.options.auto_truncate if body.truncate is None else body.truncate
@@ -117,7 +117,7 @@ class Routes:
         return JSONResponse(vectors.tolist())
 
     async def tei_rerank(self, request: Request) -> JSONResponse:
-        body = parse(TeiRerankRequest, await read_json(request, self.options.max_body_bytes))
+        body = await read_request(request, TeiRerankRequest, self.options.max_body_bytes)
         self._reranker_name(None)
         truncate = self.options.auto_truncate if body.truncate is None else body.truncate
         scores, _ = await self._score([body.query], body.texts, body.instruction, body.raw_scores, truncate)
