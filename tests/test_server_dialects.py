@@ -148,3 +148,13 @@ def test_api_arguments_of_qrerank_serve() -> None:
         ServerOptions(reranker_name="a", embedder_name="e", embedder_aliases=("a",))
     with pytest.raises(ValueError, match="aliases are given but no embedder_name"):
         ServerOptions(reranker_name="a", embedder_aliases=("b",))
+
+
+def test_openai_route_follows_auto_truncate_for_text_and_token_ids(embedder: Embedder) -> None:
+    long_text = "word " * 400  # over the fixture's max_length of 256 tokens
+    ids = embedder.prompt.tokenizer.encode(long_text, add_special_tokens=False).ids
+    with BackgroundServer(create_app(None, embedder, ServerOptions(embedder_name="ee", auto_truncate=True))) as running:
+        for given in (long_text, ids):
+            response = httpx.post(running.url + "/v1/embeddings", json={"input": given})
+            assert response.status_code == 200, response.text
+            _close(response.json()["data"][0]["embedding"], embedder.embed(long_text)[0])

@@ -56,8 +56,14 @@ class OpenAIRoutes:
         body = await service.read(request, EmbeddingsRequest)
         name = service.embedder(body.model)
         inputs = [body.input] if isinstance(body.input, str) else body.input
+        truncate = service.truncation(None)  # OpenAI has no per-request choice: the server's --auto-truncate
         if all(isinstance(item, str) for item in inputs):
-            embedded = await service.embed(inputs, instruction=body.instruction, dim=body.dimensions)  # type: ignore[arg-type]
+            embedded = await service.embed(
+                inputs,  # type: ignore[arg-type]
+                instruction=body.instruction,
+                dim=body.dimensions,
+                truncate=truncate,
+            )
         else:
             if body.instruction is not None:
                 raise ApiError(422, "instruction: token-id input is embedded as given; send text to add an instruction")
@@ -67,7 +73,7 @@ class OpenAIRoutes:
                 sequences = inputs
             else:
                 raise ApiError(422, "input: a list of texts, of token ids, or of token-id lists, not a mix of them")
-            embedded = await service.embed_token_ids(sequences, dim=body.dimensions, truncate=False)  # type: ignore[arg-type]
+            embedded = await service.embed_token_ids(sequences, dim=body.dimensions, truncate=truncate)  # type: ignore[arg-type]
         vectors = embedded.vectors
         encoded = base64_vectors(vectors) if body.encoding_format == "base64" else vectors.tolist()
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
