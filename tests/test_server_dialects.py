@@ -76,6 +76,8 @@ def test_infinity_rerank_answers_in_its_own_shape(client: httpx.Client, reranker
 def test_tei_bare_url_routes_by_body_shape(client: httpx.Client, reranker: Reranker, embedder: Embedder) -> None:
     embedded = client.post("/", json={"inputs": ["one", "two"], "prompt_name": "query"}).json()
     _close(embedded, embedder.embed([PROMPT + "one", PROMPT + "two"]))
+    uncut = client.post("/embed", json={"inputs": "one", "truncation_direction": "left"})  # nothing to cut: accepted
+    _close(uncut.json(), embedder.embed(["one"]))
     ranked = client.post("/", json={"query": QUERY, "texts": DOCS, "top_n": 2, "truncation_direction": "Right"}).json()
     scores = reranker.score(QUERY, DOCS)
     assert [r["index"] for r in ranked] == list(np.argsort(-scores, kind="stable")[:2])

@@ -98,7 +98,7 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("/v1/inference/rr", _with({"queries": [], "documents": ["a"]}), AUTH, 422, "queries"),
     ("/embed", _with({"inputs": None}), AUTH, 422, "inputs"),
     ("/embed", _with({"inputs": "a", "prompt_name": "query"}), AUTH, 422, "no prompt named 'query' is served"),
-    ("/embed", _with({"inputs": "a", "truncation_direction": "Left"}), AUTH, 422, "'Left' is not supported"),
+    ("/embed", _with({"inputs": "a", "truncate": True, "truncation_direction": "Left"}), AUTH, 422, "'Left' is not"),
     ("/embed", _with({"inputs": "a", "truncation_direction": "Up"}), AUTH, 422, "truncation_direction"),
     ("/", _with({"inputs": "a", "prompt_name": "doc"}), AUTH, 422, "no prompt named 'doc'"),
     ("/", _with({"query": "q"}), AUTH, 422, "none of the fields 'inputs', 'texts'"),

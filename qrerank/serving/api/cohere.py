@@ -16,9 +16,11 @@ START is refused; left out, the server's --auto-truncate decides.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -98,15 +100,16 @@ class CohereRoutes:
 
     async def rerank(self, request: Request) -> JSONResponse:
         body = await self.service.read(request, RerankRequest)
-        name, scores, order, tokens = await rank(self.service, body)
+        ranked = await rank(self.service, body)
         if body.raw_scores is not msgspec.UNSET:  # an Infinity body
-            return infinity.answer(name, body.documents if body.return_documents else None, scores, order, tokens)
-        results: list[dict[str, Any]] = [{"index": i, "relevance_score": float(scores[i])} for i in order]
+            return infinity.answer(ranked, body.documents if body.return_documents else None)
+        scores = ranked.scores
+        results: list[dict[str, Any]] = [{"index": i, "relevance_score": float(scores[i])} for i in ranked.order]
         if body.return_documents:
             for result in results:
                 document = body.documents[result["index"]]
                 result["document"] = {"text": document} if isinstance(document, str) else document
-        return JSONResponse(_answer(name, results, tokens, "1"))
+        return JSONResponse(_answer(ranked.name, results, ranked.tokens, "1"))
 
     async def rerank_v2(self, request: Request) -> JSONResponse:
         service = self.service
@@ -165,7 +168,7 @@ class CohereRoutes:
         instruction = body.instruction
         if instruction is None and body.input_type in ("search_query", "query"):
             instruction = service.options.default_query_instruction
-        cut = None if body.truncate is None else body.truncate == "END"
+        cut = None if body.truncate is None else body.truncate != "NONE"
         truncate = service.truncation(cut, body.truncate, "truncate")
         embedded = await service.embed(
             texts, instruction=instruction, dim=dim, truncate=truncate, field="texts", dim_field="output_dimension"
@@ -173,8 +176,17 @@ class CohereRoutes:
         return texts, embedded
 
 
-async def rank(service: Service, body: RerankRequest) -> tuple[str, Any, list[int], int]:
-    """A v1-style body scored: (served name, scores, the answer's document indices best first, tokens)."""
+@dataclass(frozen=True)
+class Ranked:
+    """A v1-style body scored, for each API's answer."""
+
+    name: str  # the served name answering
+    scores: np.ndarray  # [documents]
+    order: list[int]  # the documents to answer with, best first (top_n of them)
+    tokens: int
+
+
+async def rank(service: Service, body: RerankRequest) -> Ranked:
     name = service.reranker(body.model)
     service.check_top_n(body.top_n)
     docs = [_ranked_text(doc, i, body.rank_fields) for i, doc in enumerate(body.documents)]
@@ -186,7 +198,7 @@ async def rank(service: Service, body: RerankRequest) -> tuple[str, Any, list[in
         truncate=service.truncation(body.truncate()),
         max_chunks_per_doc=body.max_chunks_per_doc,
     )
-    return name, scored.scores, ranking(scored.scores, body.top_n or None), scored.tokens
+    return Ranked(name, scored.scores, ranking(scored.scores, body.top_n or None), scored.tokens)
 
 
 def _ranked_text(document: str | dict[str, str], index: int, rank_fields: list[str] | None) -> str:

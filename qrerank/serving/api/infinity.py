@@ -11,25 +11,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi.responses import JSONResponse
 
+if TYPE_CHECKING:
+    from qrerank.serving.api.cohere import Ranked
 
-def answer(
-    name: str,
-    documents: Sequence[str | dict[str, str]] | None,
-    scores: np.ndarray,
-    order: list[int],
-    tokens: int,
-) -> JSONResponse:
+
+def answer(ranked: Ranked, documents: Sequence[str | dict[str, str]] | None) -> JSONResponse:
     """`documents`: echoed as strings in the results (None: not asked for)."""
-    results: list[dict[str, Any]] = [{"relevance_score": float(scores[i]), "index": i} for i in order]
+    scores = ranked.scores
+    results: list[dict[str, Any]] = [{"relevance_score": float(scores[i]), "index": i} for i in ranked.order]
     if documents is not None:
         for result in results:
             document = documents[result["index"]]
             result["document"] = document if isinstance(document, str) else document.get("text")
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    body = {"object": "rerank", "results": results, "model": name, "usage": usage}
+    usage = {"prompt_tokens": ranked.tokens, "total_tokens": ranked.tokens}
+    body = {"object": "rerank", "results": results, "model": ranked.name, "usage": usage}
     return JSONResponse({**body, "id": f"infinity-{uuid.uuid4()}", "created": int(time.time())})

@@ -108,16 +108,17 @@ class Service:
     ) -> bool:
         """Whether to cut over-long inputs: the request's choice, else the server's (--auto-truncate).
 
-        qrerank cuts as the Qwen3 recipes do, keeping the start of each input; cutting the start instead
-        (TEI's Left, Cohere's START) would score text the recipe never sees together, so it is refused.
+        Inputs are cut as the Qwen3 recipes cut them, keeping their start; a request asking to cut
+        their start instead (TEI's Left, Cohere's START) is refused rather than answered otherwise.
         """
-        if direction is not None and direction.lower() in ("left", "start"):
+        cut = self.options.auto_truncate if truncate is None else truncate
+        if cut and direction is not None and direction.lower() in ("left", "start"):
             raise ApiError(
                 422,
                 f"{field}: {direction!r} is not supported; qrerank cuts the end of an over-long input, as the "
                 "Qwen3 recipe does (send Right/END, or leave it out)",
             )
-        return self.options.auto_truncate if truncate is None else truncate
+        return cut
 
     def prompt(self, name: str | None, field: str = "prompt_name") -> str | None:
         """The text of the served prompt `name` (sentence-transformers prompts and --prompt)."""

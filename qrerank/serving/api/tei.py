@@ -77,8 +77,8 @@ class TeiRoutes:
         if isinstance(body, RerankRequest):
             return await self._rerank(body)
         assert isinstance(body, cohere.RerankRequest)
-        name, scores, order, tokens = await cohere.rank(self.service, body)
-        return infinity.answer(name, body.documents if body.return_documents else None, scores, order, tokens)
+        ranked = await cohere.rank(self.service, body)
+        return infinity.answer(ranked, body.documents if body.return_documents else None)
 
     async def _embed(self, body: EmbedRequest) -> JSONResponse:
         service = self.service
