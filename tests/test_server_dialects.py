@@ -125,6 +125,14 @@ def test_peer_fields_are_ignored_unless_strict(reranker: Reranker) -> None:
     assert "mystery: unknown field" in response.json()["error"]["message"]
 
 
+def test_info_and_tokenize_of_a_reranker_alone(reranker: Reranker) -> None:
+    with BackgroundServer(create_app(reranker, None, ServerOptions(reranker_name="rr"))) as running:
+        info = httpx.get(running.url + "/info").json()
+        assert info["model_id"] == "rr" and "reranker" in info["model_type"]
+        tokens = httpx.post(running.url + "/tokenize", json={"inputs": "a text"}).json()[0]
+        assert [t["id"] for t in tokens] == reranker.prompt.tokenizer.encode("a text", add_special_tokens=False).ids
+
+
 def test_accept_any_model_name(embedder: Embedder) -> None:
     options = ServerOptions(embedder_name="ee", accept_any_model_name=True)
     with BackgroundServer(create_app(None, embedder, options)) as running:
