@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, Engine, EngineOptions
 from qrerank.prompts import EmbeddingPrompt
 from qrerank.requests import EmbedRequest
 from qrerank.validation import check_bool, check_int
@@ -32,7 +32,7 @@ class Embedder:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         backend: str | None = None,
         share_prefix: bool = True,
@@ -42,6 +42,7 @@ class Embedder:
             device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
         )
         ckpt = Checkpoint.open(model)
+        options = options.fit(ckpt.config)
         self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length)
         self.engine = Engine(ckpt, options)
 
