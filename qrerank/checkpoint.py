@@ -138,8 +138,8 @@ _LAYER_NAME = re.compile(r"(?:model\.)?layers\.(\d{1,9})\.")
 
 
 def head_kind(config: ModelConfig) -> str:
-    """ "score": a Qwen3ForSequenceClassification conversion, whose one-row `score.weight` is W_yes - W_no;
-    "lm": an LM head (`lm_head.weight`, or the embedding when tied), whose yes/no rows give the score."""
+    """How a reranker scores: "score" for a Qwen3ForSequenceClassification conversion, whose one-row
+    `score.weight` is W_yes - W_no; "lm" for an LM head (`lm_head.weight`, or the tied embedding)."""
     return "score" if config.architecture == SEQ_CLS else "lm"
 
 
@@ -156,23 +156,20 @@ def _check_names_and_shapes(ckpt: Checkpoint, needs_head: bool) -> str:
         )
     prefix = "model." if any(n.startswith("model.") for n in names) else ""
     expected = expected_shapes(c, prefix)
-    # A head is required when scores are needed (lm_head only when untied); otherwise tolerated (tied
-    # checkpoints sometimes store a copy, which transformers also ignores) but still shape-checked.
-    head = (
-        ("score.weight", (1, c.hidden_size))
-        if head_kind(c) == "score"
-        else ("lm_head.weight", (c.vocab_size, c.hidden_size))
-    )
-    optional = dict([head])
-    if needs_head and (head_kind(c) == "score" or not c.tie_word_embeddings):
-        expected |= optional
-        optional = {}
+    # The head is required when scores are needed (an LM head only when untied); otherwise tolerated
+    # (tied checkpoints sometimes store a copy, which transformers also ignores) but still shape-checked.
+    if head_kind(c) == "score":
+        head, required = {"score.weight": (1, c.hidden_size)}, needs_head
+    else:
+        head, required = {"lm_head.weight": (c.vocab_size, c.hidden_size)}, needs_head and not c.tie_word_embeddings
+    optional = {} if required else head
+    expected |= head if required else {}
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected) - set(optional))
     problems = [f"missing tensor {n!r}" for n in missing] + [f"unexpected tensor {n!r}" for n in unexpected]
     for name in sorted(names & (set(expected) | set(optional))):
         want, got = expected.get(name) or optional[name], ckpt.tensors[name].shape
-        if got == (2, c.hidden_size) and name == "score.weight":
+        if name == "score.weight" and got == (2, c.hidden_size):
             problems.append(
                 "tensor 'score.weight' is a two-label head [2, H]; qrerank loads the published Qwen3-Reranker "
                 "conversions, which store one row W_yes - W_no (num_labels=1), because a two-label head's "

@@ -275,7 +275,6 @@ def test_short_context_defaults(short_context_dirs: dict[str, Path]) -> None:
     for cls, kind in ((Reranker, "reranker"), (Embedder, "embedding")):
         model = cls(short_context_dirs[kind], device="cpu")
         assert model.engine.options.max_length == 4096
-        assert cls(short_context_dirs[kind], device="cpu", max_length=4096).engine.options.max_length == 4096
         with pytest.raises(ValueError, match=r"max_length=8192 exceeds the model's max_position_embeddings \(4096\)"):
             cls(short_context_dirs[kind], device="cpu", max_length=8192)
 
@@ -313,5 +312,5 @@ def test_half_precision_files_load_to_every_dtype(tmp_path: Path, stored: torch.
         assert torch.equal(weights.layers[1].down, tensors[prefix + "layers.1.mlp.down_proj.weight"].to(target))
         if kind == "seq-cls":
             assert torch.equal(weights.head_rows, tensors["score.weight"].to(target).float())
-        out = model.embed(TEXTS) if isinstance(model, Embedder) else model.score(QUERY, DOCS)
-        assert np.isfinite(out).all()
+        out = model.embed(TEXTS[:2]) if isinstance(model, Embedder) else model.score(QUERY, DOCS[:2])
+        assert np.isfinite(out).all()  # short inputs: half-precision matmuls are slow on a CPU
