@@ -11,6 +11,8 @@ from qrerank.bench import run as bench_run
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
 from qrerank.serving import options as serving
 
+_MAX_LENGTH_HELP = f"default: {DEFAULT_MAX_LENGTH}, or the model's max_position_embeddings when smaller"
+
 
 def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
     parser.add_argument(
@@ -18,7 +20,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> No
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
+    parser.add_argument("--max-length", type=int, default=None, help=_MAX_LENGTH_HELP)
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--instruction", default=None)
 
@@ -68,7 +70,10 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument(
-        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per input: longer ones get 413 or are cut"
+        "--max-length",
+        type=int,
+        default=None,
+        help=f"tokens per input: longer ones get 413 or are cut; {_MAX_LENGTH_HELP}",
     )
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--auto-truncate", action="store_true", help="cut over-long inputs as the recipe does")

@@ -57,9 +57,9 @@ class Service:
         self.metrics = metrics
         self.rerank_tokens = TokenCounter(engine.reranker) if engine.reranker is not None else None
         self.embed_tokens = TokenCounter(engine.embedder) if engine.embedder is not None else None
-        # The prompts `prompt_name` selects. LEAD: overlay the checkpoint's once Embedder.prompts exists:
-        # {**(engine.embedder.prompts if engine.embedder is not None else {}), **options.prompts}
-        self.prompts: dict[str, str] = dict(options.prompts)
+        # The prompts `prompt_name` selects: the checkpoint's sentence-transformers prompts, overlaid by --prompt.
+        checkpoint_prompts = engine.embedder.prompts if engine.embedder is not None else {}
+        self.prompts: dict[str, str] = {**checkpoint_prompts, **options.prompts}
         self.created = int(time.time())
 
     async def read(self, request: Request, schema: type[S]) -> S:
