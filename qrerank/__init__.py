@@ -3,7 +3,7 @@
 from qrerank.embedder import Embedder
 from qrerank.functions import embed, score
 from qrerank.index import Index
-from qrerank.requests import EmbedRequest, ScoreRequest
+from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.reranker import Reranker
 from qrerank.retrieve import search
 from qrerank.serving.async_engine import AsyncEngine
@@ -16,6 +16,7 @@ __all__ = [
     "Index",
     "Reranker",
     "ScoreRequest",
+    "Tokenized",
     "embed",
     "score",
     "search",

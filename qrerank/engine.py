@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -14,12 +14,14 @@ from tqdm.auto import tqdm
 
 from qrerank.batching import Part, batch_size, pack, plan_batches, shared_prefix_len, split_parts
 from qrerank.checkpoint import Checkpoint, load_weights
+from qrerank.config import ModelConfig
 from qrerank.cuda_graphs import CudaGraphs
 from qrerank.model import Qwen3
 from qrerank.ops import ops_for
+from qrerank.requests import Tokenized
 from qrerank.validation import check_bool, check_int, resolve_backend, resolve_device, resolve_dtype
 
-DEFAULT_MAX_LENGTH = 8192
+DEFAULT_MAX_LENGTH = 8192  # max_length=None: this, or the model's max_position_embeddings when shorter
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PIPELINE_CHUNK = 1024  # sequences tokenized per step of Engine.run_pipelined
 
@@ -50,7 +52,7 @@ class EngineOptions:
 
     device: torch.device
     dtype: torch.dtype
-    max_length: int
+    max_length: int | None  # None until `fit` sets the model-derived default
     max_batch_tokens: int
     backend: str  # "triton": qrerank.kernels; "torch": the reference twins (debugging, comparison)
     share_prefix: bool  # compute a group's common token prefix once per micro-batch
@@ -62,7 +64,7 @@ class EngineOptions:
         cls,
         device: str | torch.device | None,
         dtype: str | torch.dtype | None,
-        max_length: int,
+        max_length: int | None,
         max_batch_tokens: int,
         backend: str | None = None,
         share_prefix: bool = True,
@@ -83,7 +85,7 @@ class EngineOptions:
         return cls(
             device=resolved,
             dtype=resolved_dtype,
-            max_length=check_int(max_length, "max_length", 1),
+            max_length=None if max_length is None else check_int(max_length, "max_length", 1),
             max_batch_tokens=check_int(max_batch_tokens, "max_batch_tokens", 1),
             backend=backend,
             share_prefix=check_bool(share_prefix, "share_prefix"),
@@ -91,16 +93,22 @@ class EngineOptions:
             warmup=resolved.type == "cuda" if warmup is None else check_bool(warmup, "warmup"),
         )
 
+    def fit(self, config: ModelConfig) -> EngineOptions:
+        """These options for a model of `config`: max_length None becomes min(DEFAULT_MAX_LENGTH, the model's
+        max_position_embeddings); a given max_length past the model's context is a ValueError."""
+        context = config.max_position_embeddings
+        if self.max_length is None:
+            return replace(self, max_length=min(DEFAULT_MAX_LENGTH, context))
+        if self.max_length > context:
+            raise ValueError(f"max_length={self.max_length} exceeds the model's max_position_embeddings ({context})")
+        return self
+
 
 class Engine:
     """The model plus the batching around it. `run` may be called from several threads: one runs at a time."""
 
     def __init__(self, ckpt: Checkpoint, options: EngineOptions, head_token_ids: Sequence[int] | None = None) -> None:
-        if options.max_length > ckpt.config.max_position_embeddings:
-            raise ValueError(
-                f"max_length={options.max_length} exceeds the model's max_position_embeddings "
-                f"({ckpt.config.max_position_embeddings})"
-            )
+        options = options.fit(ckpt.config)
         self.options = options
         self.config = ckpt.config
         weights = load_weights(ckpt, options.device, options.dtype, head_token_ids)
@@ -140,44 +148,51 @@ class Engine:
         """Do now what the first requests would otherwise wait for: compile every kernel variant (one eager
         batch with a shared prefix and one without) and capture every CUDA-graph bucket this engine's
         max_batch_tokens and max_length can reach. On CUDA with the default options it runs at construction."""
-        sequences = [[0, 1, 2], [0, 1, 3]]
+        options = self.options
+        assert options.max_length is not None  # set by fit()
+        eager = [([[0], [1]], 0)]  # two sequences sharing nothing
+        if options.max_length >= 2:  # a shared prefix leaves each sequence a token of its own
+            eager.append(([[0, 1], [0, 2]], 1))
         with self._lock:
-            for prefix in (0, 2):
-                self.model.forward(pack(sequences, [Part(np.arange(2), prefix)], self.options.device))
+            for sequences, prefix in eager:
+                self.model.forward(pack(sequences, [Part(np.arange(2), prefix)], options.device))
             if self._graphs is not None:
-                for bucket in self._graphs.buckets(self.options.max_batch_tokens, self.options.max_length):
+                for bucket in self._graphs.buckets(options.max_batch_tokens, options.max_length):
                     self._graphs.capture(bucket)
 
-    def check_token_ids(self, token_ids: Sequence[Sequence[Sequence[int]]], sizes: Sequence[int]) -> None:
-        """Token ids supplied by a caller (one list of sequences per request) must fit the requests and the model:
+    def check_tokenized(self, tokenized: Sequence[Tokenized], sizes: Sequence[int]) -> None:
+        """Token ids supplied by a caller (one Tokenized per request) must fit the requests and the model:
         a wrong id would index outside the embedding table, which on a GPU is a device-side crash, not an error."""
-        if len(token_ids) != len(sizes):
-            raise ValueError(f"token_ids has {len(token_ids)} entries for {len(sizes)} requests")
+        if len(tokenized) != len(sizes):
+            raise ValueError(f"tokenized has {len(tokenized)} entries for {len(sizes)} requests")
         vocab, limit = self.config.vocab_size, self.options.max_length
-        for i, (group, size) in enumerate(zip(token_ids, sizes)):
-            if len(group) != size:
-                raise ValueError(f"token_ids[{i}] has {len(group)} sequences for the request's {size} inputs")
-            for j, seq in enumerate(group):
+        for i, (request, size) in enumerate(zip(tokenized, sizes)):
+            if not isinstance(request, Tokenized):
+                raise TypeError(f"tokenized[{i}] must be a Tokenized, got {type(request).__name__}")
+            if request.items != size:
+                raise ValueError(f"tokenized[{i}] has {request.items} items for the request's {size} inputs")
+            for j, seq in enumerate(request.ids):
                 if not 1 <= len(seq) <= limit:
-                    raise ValueError(f"token_ids[{i}][{j}] has {len(seq)} tokens; expected 1 to max_length={limit}")
+                    raise ValueError(f"tokenized[{i}].ids[{j}] has {len(seq)} tokens; expected 1 to max_length={limit}")
                 if min(seq) < 0 or max(seq) >= vocab:
-                    raise ValueError(f"token_ids[{i}][{j}] holds ids outside the vocabulary [0, {vocab})")
+                    raise ValueError(f"tokenized[{i}].ids[{j}] holds ids outside the vocabulary [0, {vocab})")
 
     def run_requests(
         self,
         sizes: Sequence[int],
         encode: Callable[[int, int, int], list[list[int]]],
-        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+        tokenized: Sequence[Tokenized] | None = None,
         progress: tqdm | None = None,
     ) -> torch.Tensor:
-        """States [sum(sizes), H] of requests of `sizes` items, each request one group.
+        """States [S, H] of requests of `sizes` items, each request one group.
 
-        `encode(request, start, end)` tokenizes items start:end of a request; it runs in pipelined chunks.
-        `token_ids` (one list per request, from a caller that tokenized already) are checked and used instead.
+        `encode(request, start, end)` tokenizes items start:end of a request (one sequence each); it runs
+        in pipelined chunks. `tokenized` (one per request, from a caller that tokenized already, possibly
+        several sequences per item) is checked and used instead.
         """
-        if token_ids is not None:
-            self.check_token_ids(token_ids, sizes)
-            return self.run(token_ids, progress)
+        if tokenized is not None:
+            self.check_tokenized(tokenized, sizes)
+            return self.run([request.ids for request in tokenized], progress)
 
         def encode_chunk(chunk: list[tuple[int, int, int]]) -> list[list[list[int]]]:
             return [encode(request, start, end) for request, start, end in chunk]

@@ -9,17 +9,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
+from qrerank.checkpoint import Checkpoint, head_kind
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, Engine, EngineOptions
 from qrerank.prompts import RerankerPrompt
-from qrerank.requests import ScoreRequest
+from qrerank.requests import ScoreRequest, Tokenized
 from qrerank.validation import check_bool, check_int, check_optional_str, check_pairs
 
 
 class Reranker:
     """A Qwen3-Reranker checkpoint (local directory or hub id) loaded on one device.
 
-    Only the two LM-head rows of "yes" and "no" are loaded; a score costs one dot product.
+    Only the two LM-head rows of "yes" and "no" are loaded (or, for a Qwen3ForSequenceClassification
+    conversion, its one score row, W_yes - W_no); a score costs one dot product. `max_length`: default
+    min(8192, the model's max_position_embeddings).
     `backend`: "triton" (qrerank's kernels; the default on CUDA) or "torch" (reference ops; the
     default on CPU). `share_prefix`: run the token prefix common to one query's documents once.
     `cuda_graphs`: replay small batches from captured CUDA graphs (default: on with CUDA and triton).
@@ -33,7 +35,7 @@ class Reranker:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         backend: str | None = None,
         share_prefix: bool = True,
@@ -44,10 +46,11 @@ class Reranker:
             device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs, warmup
         )
         ckpt = Checkpoint.open(model)
+        options = options.fit(ckpt.config)
         self.prompt = RerankerPrompt(ckpt.tokenizer, options.max_length)
         self.engine = Engine(ckpt, options, head_token_ids=self.prompt.yes_no_ids)
-        yes_row, no_row = self.engine.head_rows
-        self._yes_minus_no = yes_row - no_row  # [H] fp32
+        rows = self.engine.head_rows  # LM head: the rows of "yes" and "no" [2, H]; seq-cls: its score row [1, H]
+        self._yes_minus_no = rows[0] if head_kind(ckpt.config) == "score" else rows[0] - rows[1]  # [H] fp32
 
     @property
     def device(self) -> torch.device:
@@ -85,17 +88,22 @@ class Reranker:
         """The official recipe's token ids of each (query, document) pair of `request` (documents start:end)."""
         return self.prompt.encode([(request.query, d) for d in request.docs[start:end]], request.instruction)
 
+    def tokenize(self, request: ScoreRequest) -> Tokenized:
+        """The sequences `score_batch` runs for `request` (for a caller that schedules them itself)."""
+        return Tokenized(self.encode(request))
+
     def score_batch(
         self,
         requests: Sequence[ScoreRequest],
         *,
         raw: bool = False,
-        token_ids: Sequence[Sequence[Sequence[int]]] | None = None,
+        tokenized: Sequence[Tokenized] | None = None,
     ) -> list[np.ndarray]:
         """Several requests in one engine pass (how a server merges concurrent callers): a float32 array each.
 
-        `token_ids`: each request's ids exactly as `encode` gives them, from a caller that tokenized them
-        already (a server counting tokens); they are checked against the requests and the model, not re-made.
+        `tokenized`: each request's sequences exactly as `tokenize` gives them (or any slice of items of
+        them), from a caller that tokenized already (a server counting tokens); they are checked against
+        the requests and the model, not re-made.
         """
         check_bool(raw, "raw")
         for i, request in enumerate(requests):
@@ -104,10 +112,14 @@ class Reranker:
         if not requests:
             return []
         sizes = [len(r.docs) for r in requests]
-        hidden = self.engine.run_requests(sizes, lambda i, a, b: self.encode(requests[i], a, b), token_ids)  # [N, H]
-        logits = hidden @ self._yes_minus_no  # [N]
-        scores = (logits if raw else torch.sigmoid(logits)).cpu().numpy()
-        return np.split(scores, np.cumsum(sizes)[:-1])
+        hidden = self.engine.run_requests(sizes, lambda i, a, b: self.encode(requests[i], a, b), tokenized)  # [S, H]
+        logits = (hidden @ self._yes_minus_no).cpu()  # [S]: one per sequence
+        if tokenized is None:
+            per_request = logits.split(sizes)
+        else:
+            counts = [len(t.ids) for t in tokenized]
+            per_request = [t.per_item_max(x) for t, x in zip(tokenized, logits.split(counts), strict=True)]
+        return [(x if raw else torch.sigmoid(x)).numpy() for x in per_request]
 
     def rank(
         self,

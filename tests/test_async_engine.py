@@ -117,12 +117,12 @@ def test_a_failing_pass_is_retried_apart(reranker: Reranker, monkeypatch: pytest
     calls: list[int] = []
 
     def score_batch(
-        requests: Sequence[ScoreRequest], *, raw: bool = False, token_ids: list | None = None
+        requests: Sequence[ScoreRequest], *, raw: bool = False, tokenized: list | None = None
     ) -> list[np.ndarray]:
         calls.append(len(requests))
         if any(r.query == "poison" for r in requests):
             raise RuntimeError("device fault on the poison request")
-        return original(requests, raw=raw, token_ids=token_ids)
+        return original(requests, raw=raw, tokenized=tokenized)
 
     monkeypatch.setattr(reranker, "score_batch", score_batch)
     recorder = Recorder()
@@ -150,10 +150,10 @@ def test_a_cancelled_waiting_request_is_never_computed(reranker: Reranker, monke
     seen: list[str] = []
 
     def score_batch(
-        requests: Sequence[ScoreRequest], *, raw: bool = False, token_ids: list | None = None
+        requests: Sequence[ScoreRequest], *, raw: bool = False, tokenized: list | None = None
     ) -> list[np.ndarray]:
         seen.extend(r.query for r in requests)
-        return original(requests, raw=raw, token_ids=token_ids)
+        return original(requests, raw=raw, tokenized=tokenized)
 
     monkeypatch.setattr(reranker, "score_batch", score_batch)
     recorder = Recorder()

@@ -48,22 +48,26 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("/v1/rerank", b'{"query": "q", "documents": [', AUTH, 400, "not valid JSON"),
     ("/v1/rerank", b'{"query": "\xff\xfe", "documents": ["a"]}', AUTH, 400, "not valid UTF-8"),
     ("/v1/rerank", b"", AUTH, 400, "empty"),
-    ("/v1/rerank", b"[" * 1500 + b"]" * 1500, AUTH, 400, "too deeply"),
-    ("/v1/embeddings", b'{"input": "a", "dimensions": NaN}', AUTH, 400, "NaN"),
-    ("/v1/rerank", b'["q", ["a"]]', AUTH, 422, "JSON object"),
-    ("/v1/rerank", b'"just a string"', AUTH, 422, "JSON object"),
-    ("/v1/rerank", _with(RERANK, query=...), AUTH, 422, "query: Field required"),
-    ("/v1/rerank", _with(RERANK, documents=...), AUTH, 422, "documents: Field required"),
+    ("/v1/rerank", b"[" * 1500 + b"]" * 1500, AUTH, 422, "body: expected `object`, got `array`"),
+    ("/v1/embeddings", b'{"input": "a", "dimensions": NaN}', AUTH, 400, "(byte 29), in the value of 'dimensions'"),
+    ("/v1/rerank", b'["q", ["a"]]', AUTH, 422, "body: expected `object`, got `array`"),
+    ("/v1/rerank", b'"just a string"', AUTH, 422, "body: expected `object`, got `str`"),
+    ("/v1/rerank", _with(RERANK, query=...), AUTH, 422, "query: field required"),
+    ("/v1/rerank", _with(RERANK, documents=...), AUTH, 422, "documents: field required"),
     ("/v1/rerank", _with(RERANK, documents=[]), AUTH, 422, "documents"),
-    ("/v1/rerank", _with(RERANK, query=42), AUTH, 422, "query: Input should be a valid string"),
+    ("/v1/rerank", _with(RERANK, query=42), AUTH, 422, "query: expected `str`, got `int`"),
     ("/v1/rerank", _with(RERANK, documents="a single string"), AUTH, 422, "documents"),
-    ("/v1/rerank", _with(RERANK, documents=["a", {"content": "b"}]), AUTH, 422, "documents.1"),
-    ("/v1/rerank", _with(RERANK, documents=["a", None]), AUTH, 422, "documents.1"),
-    ("/v1/rerank", _with(RERANK, top_n=0), AUTH, 422, "top_n"),
+    ("/v1/rerank", _with(RERANK, documents=["a", {"content": "b"}]), AUTH, 422, "documents[1] has no 'text' field"),
+    ("/v1/rerank", _with(RERANK, documents=[{"text": "a", "n": 1}]), AUTH, 422, "documents[0][...]: expected `str`"),
+    ("/v1/rerank", _with(RERANK, documents=["a", None]), AUTH, 422, "documents[1]: expected `str | object`"),
+    ("/v1/rerank", _with(RERANK, top_n=-1), AUTH, 422, "top_n: expected `int` >= 0"),
     ("/v1/rerank", _with(RERANK, top_n=10**30), AUTH, 422, "top_n must be between 1 and 4"),
+    ("/v1/rerank", b'{"query": "\\ud800", "documents": ["a"]}', AUTH, 400, "(byte 17), in the value of 'query'"),
     ("/v1/rerank", _with(RERANK, top_n=2.5), AUTH, 422, "top_n"),
     ("/v1/rerank", _with(RERANK, return_documents="yes"), AUTH, 422, "return_documents"),
-    ("/v1/rerank", _with(RERANK, rank_fields=["title"]), AUTH, 422, "rank_fields: Extra inputs"),
+    ("/v1/rerank", _with(RERANK, documents=[{"text": "a"}], rank_fields=["title"]), AUTH, 422, "none of the"),
+    ("/v1/rerank", _with(RERANK, truncate_prompt_tokens=8), AUTH, 422, "truncate_prompt_tokens: 8 is not"),
+    ("/v1/rerank", b'{"query": "q", "documents": ["a"], "x": ' + b"[" * 1500 + b"]" * 1500 + b"}", AUTH, 400, "deeply"),
     ("/v1/rerank", _with(RERANK, documents=["d"] * 5), AUTH, 413, "at most 4"),
     ("/v1/rerank", _with(RERANK, documents=["word " * 1000]), AUTH, 413, "4096 bytes"),
     ("/v1/rerank", _chunks(), AUTH, 413, "exceeds the limit"),
@@ -71,13 +75,19 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("/v1/rerank", _with(RERANK, model="other"), AUTH, 404, "'rr', 'ee'"),
     ("/v1/rerank", _with(RERANK, model="ee"), AUTH, 404, "reranker 'ee' is not served"),
     ("/v1/embeddings", _with(EMBED, input=[]), AUTH, 422, "input"),
-    ("/v1/embeddings", _with(EMBED, input=[101, 2054]), AUTH, 422, "input"),
+    ("/v1/embeddings", _with(EMBED, input=[101, -5]), AUTH, 422, "input[1]"),
+    ("/v1/embeddings", _with(EMBED, input=[[101], []]), AUTH, 422, "input[1]"),
+    ("/v1/embeddings", _with(EMBED, input=[101, 10**7]), AUTH, 422, "input[0] holds the token id 10000000, outside"),
+    ("/v1/embeddings", _with(EMBED, input=["a", [101]]), AUTH, 422, "not a mix of them"),
+    ("/v1/embeddings", _with(EMBED, input=[101], instruction="Find it"), AUTH, 422, "token-id input"),
+    ("/v1/embeddings", _with(EMBED, input=[7] * 300), AUTH, 413, "input[0] is longer"),
+    ("/v1/embeddings", _with(EMBED, modality="image"), AUTH, 422, "modality"),
     (
         "/v1/embeddings",
         _with(EMBED, dimensions=-8),
         AUTH,
         422,
-        "dimensions: Input should be greater than or equal to 1",
+        "dimensions: expected `int` >= 1",
     ),
     ("/v1/embeddings", _with(EMBED, dimensions=1000), AUTH, 422, "dimensions: dim must be between 32 and 64"),
     ("/v1/embeddings", _with(EMBED, encoding_format="int8"), AUTH, 422, "encoding_format"),
@@ -87,14 +97,39 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("/v1/inference/rr", _with({"queries": ["q", "r"], "documents": ["a", "b", "c"]}), AUTH, 422, "one per document"),
     ("/v1/inference/rr", _with({"queries": [], "documents": ["a"]}), AUTH, 422, "queries"),
     ("/embed", _with({"inputs": None}), AUTH, 422, "inputs"),
-    ("/embed", _with({"inputs": "a", "prompt_name": "query"}), AUTH, 422, "prompt_name: Extra inputs"),
-    ("/rerank", _with({"query": "q"}), AUTH, 422, "texts: Field required"),
+    ("/embed", _with({"inputs": "a", "prompt_name": "query"}), AUTH, 422, "no prompt named 'query' is served"),
+    ("/embed", _with({"inputs": "a", "truncate": True, "truncation_direction": "Left"}), AUTH, 422, "'Left' is not"),
+    ("/embed", _with({"inputs": "a", "truncation_direction": "Up"}), AUTH, 422, "truncation_direction"),
+    ("/", _with({"inputs": "a", "prompt_name": "doc"}), AUTH, 422, "no prompt named 'doc'"),
+    ("/", _with({"query": "q"}), AUTH, 422, "none of the fields 'inputs', 'texts'"),
+    ("/", b"[1]", AUTH, 422, "body: expected `object`"),
+    ("/rerank", _with({"query": "q"}), AUTH, 422, "none of the fields 'texts', 'documents'"),
+    ("/rerank", _with({"query": "q", "texts": []}), AUTH, 422, "texts"),
     ("/rerank", _with({"query": "q", "texts": ["a"], "raw_scores": "true"}), AUTH, 422, "raw_scores"),
     ("/v1/rerank", _with(RERANK), {"Authorization": "Bearer wrong-key"}, 401, "API key"),
     ("/v1/rerank", _with(RERANK), {}, 401, "API key"),
     ("/v1/rerank", _with(RERANK), {"Authorization": f"Basic {KEY}"}, 401, "API key"),
     ("/v1/embeddings", _with(EMBED), {"Authorization": f"Bearer {KEY}x"}, 401, "API key"),
-    ("/v2/rerank", _with(RERANK), AUTH, 404, "no route POST /v2/rerank"),
+    ("/v2/rerank", _with(RERANK, documents=[{"text": "a"}]), AUTH, 422, "documents[0]: expected `str`"),
+    ("/v2/rerank", _with(RERANK, max_tokens_per_doc=0), AUTH, 422, "max_tokens_per_doc: expected `int` >= 1"),
+    # until the library scores long documents in windows (the lead's merge turns these into 200s)
+    ("/v2/rerank", _with(RERANK, max_tokens_per_doc=100), AUTH, 501, "long-document scoring"),
+    ("/v1/rerank", _with(RERANK, max_chunks_per_doc=2), AUTH, 501, "long-document scoring"),
+    ("/v2/embed", _with({"texts": ["a"], "inputs": [{"content": [{"type": "text", "text": "a"}]}]}), AUTH, 422, "or"),
+    ("/v2/embed", _with({"inputs": [{"content": [{"type": "image_url", "image_url": {}}]}]}), AUTH, 422, "type"),
+    ("/v2/embed", _with({"texts": ["a"], "output_dimension": 1000}), AUTH, 422, "output_dimension: dim must be"),
+    ("/v2/embed", _with({"texts": ["a"], "max_tokens": 8}), AUTH, 422, "max_tokens: inputs are cut at"),
+    ("/v1/embed", _with({"texts": ["a"], "embedding_types": ["int8"]}), AUTH, 422, "'int8' is not served"),
+    ("/v1/embed", _with({"texts": ["a"], "embedding_types": ["float16"]}), AUTH, 422, "embedding_types[0]"),
+    ("/v1/embed", _with({"texts": ["a"], "truncate": "START"}), AUTH, 422, "truncate: 'START' is not supported"),
+    ("/v1/embed", _with({"texts": ["a"], "images": ["data:image/png;base64,AA=="]}), AUTH, 422, "text only"),
+    ("/v1/embed", _with({"texts": ["a"] * 5}), AUTH, 413, "texts holds 5 items"),
+    ("/v1/embed", _with({"input_type": "search_query"}), AUTH, 422, "texts: field required"),
+    ("/score", _with({"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}), AUTH, 422, "1:N) or as many as text_2"),
+    ("/v1/score", _with({"text_1": "a", "text_2": []}), AUTH, 422, "text_2"),
+    ("/v1/score", _with({"text_1": "a", "text_2": "b", "model": "ee"}), AUTH, 404, "reranker 'ee' is not served"),
+    ("/v1/inference/rr", _with({"query": "q", "queries": ["q"], "documents": ["a"]}), AUTH, 422, "one of them"),
+    ("/v1/inference/rr", _with({"documents": ["a"]}), AUTH, 422, "one of them"),
 ]
 
 
@@ -107,8 +142,22 @@ def test_bad_request_gets_its_4xx_json_error(
     error = response.json()["error"]
     assert error["code"] == status and isinstance(error["type"], str)
     assert fragment in error["message"], error["message"]
+    assert response.json()["detail"] == error["message"]  # for clients that read FastAPI's `detail`
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_integers_beyond_pythons_digit_limit_are_422_naming_the_field(reranker: Reranker, embedder: Embedder) -> None:
+    huge = b"9" * 5000  # json.loads raises ValueError beyond 4,300 digits
+    options = ServerOptions(reranker_name="rr", embedder_name="ee")
+    with BackgroundServer(create_app(reranker, embedder, options)) as running:
+        for route, body, field in [
+            ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": ' + huge + b"}", "top_n"),
+            ("/v1/embeddings", b'{"input": "a", "dimensions": ' + huge + b"}", "dimensions"),
+        ]:
+            response = httpx.post(running.url + route, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 422, response.text
+            assert f"{field}: integer value out of range" in response.json()["error"]["message"]
 
 
 def test_wrong_method_is_405(server: BackgroundServer) -> None:

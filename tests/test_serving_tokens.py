@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from qrerank import AsyncEngine, Embedder, EmbedRequest, Reranker, ScoreRequest
+from qrerank import AsyncEngine, Embedder, EmbedRequest, Reranker, ScoreRequest, Tokenized
 from qrerank.serving.tokens import InputTooLong, TokenCounter
 
 LONG = "a long document that goes on " * 80
@@ -33,19 +33,19 @@ def test_embedder_ids_equal_the_engines_including_the_cut(embedder: Embedder) ->
         counter.embed_ids(texts, None, truncate=False, field="input")
 
 
-def test_async_engine_uses_and_checks_the_callers_token_ids(reranker: Reranker) -> None:
+def test_async_engine_uses_and_checks_the_callers_tokens(reranker: Reranker) -> None:
     docs = ["short", "another document"]
     ids = reranker.encode(ScoreRequest("q", docs))
 
     async def main() -> tuple[np.ndarray, Exception]:
         async with AsyncEngine(reranker, max_wait_ms=0) as engine:
-            scores = await engine.score("q", docs, token_ids=ids)
+            scores = await engine.score("q", docs, tokenized=Tokenized(ids))
             try:
-                await engine.score("q", docs, token_ids=ids[:1])
+                await engine.score("q", docs, tokenized=Tokenized(ids[:1]))
             except ValueError as err:
                 return scores, err
         raise AssertionError("mismatched token ids were accepted")
 
     scores, error = asyncio.run(main())
     np.testing.assert_allclose(scores, reranker.score("q", docs), rtol=0, atol=1e-6)
-    assert "has 1 sequences for the request's 2 inputs" in str(error)
+    assert "has 1 items for the request's 2 inputs" in str(error)

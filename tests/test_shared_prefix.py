@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from qrerank import Embedder, EmbedRequest, Reranker, ScoreRequest
+from qrerank import Embedder, EmbedRequest, Reranker, ScoreRequest, Tokenized
 from qrerank.batching import shared_prefix_len
 from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION
 
@@ -123,7 +123,9 @@ def test_embed_batch_equals_embed_per_request(embedder: Embedder) -> None:
             list(request.texts), instruction=request.instruction, dim=request.dim, normalize=request.normalize
         )
         assert vectors.shape == alone.shape
-        np.testing.assert_allclose(vectors, alone, rtol=0, atol=1e-6)
+        # Unnormalised vectors reach |x| ~ 3: fp32 GEMMs of other row counts may round their last bit
+        # differently (oneDNN picks its blocking by M), so the bound is relative there.
+        np.testing.assert_allclose(vectors, alone, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"dim must be between 32 and 64, got 65"):
         embedder.embed_batch([EmbedRequest(["a"]), EmbedRequest(["b"], dim=65)])
     with pytest.raises(TypeError, match=r"requests\[0\] must be an EmbedRequest, got list"):
@@ -144,22 +146,39 @@ def test_backend_argument_is_validated(reranker_dir: Path, monkeypatch: pytest.M
         Reranker(reranker_dir, device="cpu", backend="triton")
 
 
-def test_token_ids_given_by_the_caller_are_used_and_checked(reranker: Reranker, embedder: Embedder) -> None:
+def test_tokenized_given_by_the_caller_is_used_and_checked(reranker: Reranker, embedder: Embedder) -> None:
     requests = [ScoreRequest("capital of Japan", DOCS[:3]), ScoreRequest("fox", DOCS[2:4], instruction="Judge")]
     ids = [reranker.encode(r) for r in requests]
-    for got, want in zip(reranker.score_batch(requests, token_ids=ids), reranker.score_batch(requests), strict=True):
+    given = [Tokenized(i) for i in ids]
+    for got, want in zip(reranker.score_batch(requests, tokenized=given), reranker.score_batch(requests), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     texts = EmbedRequest(DOCS[:4], instruction="Find it")
-    (got,) = embedder.embed_batch([texts], token_ids=[embedder.encode(texts)])
+    (got,) = embedder.embed_batch([texts], tokenized=[embedder.tokenize(texts)])
     np.testing.assert_allclose(got, embedder.embed(list(texts.texts), instruction="Find it"), rtol=0, atol=1e-6)
 
-    with pytest.raises(ValueError, match=r"token_ids has 1 entries for 2 requests"):
-        reranker.score_batch(requests, token_ids=ids[:1])
-    with pytest.raises(ValueError, match=r"token_ids\[1\] has 1 sequences for the request's 2 inputs"):
-        reranker.score_batch(requests, token_ids=[ids[0], ids[1][:1]])
-    with pytest.raises(ValueError, match=r"token_ids\[0\]\[2\] has 0 tokens; expected 1 to max_length=256"):
-        reranker.score_batch(requests, token_ids=[[*ids[0][:2], []], ids[1]])
-    with pytest.raises(ValueError, match=r"token_ids\[0\]\[0\] holds ids outside the vocabulary \[0, 151669\)"):
-        reranker.score_batch(requests, token_ids=[[[151669], *ids[0][1:]], ids[1]])
-    with pytest.raises(ValueError, match=r"token_ids\[0\]\[0\] has 300 tokens"):
-        embedder.embed_batch([EmbedRequest(["a"])], token_ids=[[[1] * 300]])
+    with pytest.raises(ValueError, match=r"tokenized has 1 entries for 2 requests"):
+        reranker.score_batch(requests, tokenized=given[:1])
+    with pytest.raises(ValueError, match=r"tokenized\[1\] has 1 items for the request's 2 inputs"):
+        reranker.score_batch(requests, tokenized=[given[0], Tokenized(ids[1][:1])])
+    with pytest.raises(ValueError, match=r"tokenized\[0\].ids\[2\] has 0 tokens; expected 1 to max_length=256"):
+        reranker.score_batch(requests, tokenized=[Tokenized([*ids[0][:2], []]), given[1]])
+    with pytest.raises(ValueError, match=r"tokenized\[0\].ids\[0\] holds ids outside the vocabulary \[0, 151669\)"):
+        reranker.score_batch(requests, tokenized=[Tokenized([[151669], *ids[0][1:]]), given[1]])
+    with pytest.raises(ValueError, match=r"tokenized\[0\].ids\[0\] has 300 tokens"):
+        embedder.embed_batch([EmbedRequest(["a"])], tokenized=[Tokenized([[1] * 300])])
+    with pytest.raises(TypeError, match=r"tokenized\[0\] must be a Tokenized, got list"):
+        reranker.score_batch(requests[:1], tokenized=[ids[0]])  # type: ignore[list-item]
+
+
+def test_several_sequences_of_one_item_reduce_to_their_maximum(reranker: Reranker) -> None:
+    request = ScoreRequest("capital of Japan", DOCS[:3])
+    ids = reranker.encode(request)
+    alone = reranker.score_batch([request], raw=True)[0]
+    # document 1 is run as three sequences: its own and those of documents 0 and 2
+    windows = Tokenized([ids[0], ids[1], ids[0], ids[2], ids[2]], owners=np.array([0, 1, 1, 1, 2]))
+    (got,) = reranker.score_batch([request], raw=True, tokenized=[windows])
+    np.testing.assert_allclose(got, [alone[0], alone.max(), alone[2]], rtol=0, atol=1e-6)
+    assert windows.slice(1, 3).ids == [ids[1], ids[0], ids[2], ids[2]]
+    np.testing.assert_array_equal(windows.slice(1, 3).owners, [0, 0, 0, 1])
+    with pytest.raises(ValueError, match=r"owners must give each of the 2 sequences its item"):
+        Tokenized([ids[0], ids[1]], owners=np.array([0, 2]))

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from qrerank.embedder import Embedder
-from qrerank.requests import EmbedRequest, ScoreRequest
+from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.reranker import Reranker
 from qrerank.validation import check_bool, check_int
 
@@ -54,7 +54,7 @@ class _Job:
     request: ScoreRequest | EmbedRequest
     sequences: int  # documents or texts: the unit of `max_batch_sequences`
     future: asyncio.Future[np.ndarray]
-    token_ids: list[list[int]] | None  # the request's recipe ids when the caller has them already
+    tokenized: Tokenized | None  # the request's recipe ids when the caller has them already
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -111,21 +111,21 @@ class AsyncEngine:
         *,
         instruction: str | None = None,
         raw: bool = False,
-        token_ids: list[list[int]] | None = None,
+        tokenized: Tokenized | None = None,
     ) -> np.ndarray:
         """`Reranker.score` merged with concurrent calls: float32 [len(docs)] in the docs' order.
 
-        `token_ids`: the documents' ids as `Reranker.encode` gives them, when the caller has them already.
+        `tokenized`: the documents' sequences as `Reranker.tokenize` gives them, when the caller has them already.
         """
         if self.reranker is None:
             raise ValueError("this AsyncEngine serves no reranker, so it cannot score")
         request = ScoreRequest(query, docs, instruction)
         kind = SCORE_RAW if check_bool(raw, "raw") else SCORE
-        if token_ids is not None:
-            self.reranker.engine.check_token_ids([token_ids], [len(request.docs)])
+        if tokenized is not None:
+            self.reranker.engine.check_tokenized([tokenized], [len(request.docs)])
         if not request.docs:
             return np.empty(0, dtype=np.float32)
-        return await self._submit(kind, request, len(request.docs), token_ids)
+        return await self._submit(kind, request, len(request.docs), tokenized)
 
     async def embed(
         self,
@@ -134,21 +134,21 @@ class AsyncEngine:
         instruction: str | None = None,
         dim: int | None = None,
         normalize: bool = True,
-        token_ids: list[list[int]] | None = None,
+        tokenized: Tokenized | None = None,
     ) -> np.ndarray:
         """`Embedder.embed` merged with concurrent calls: float32 [n, dim] in the order of `texts`.
 
-        `token_ids`: the texts' ids as `Embedder.encode` gives them, when the caller has them already.
+        `tokenized`: the texts' sequences as `Embedder.tokenize` gives them, when the caller has them already.
         """
         if self.embedder is None:
             raise ValueError("this AsyncEngine serves no embedder, so it cannot embed")
         request = EmbedRequest(texts, instruction, dim, normalize)
         self.embedder.check(request)  # a bad `dim` fails here, in its caller, never inside a merged pass
-        if token_ids is not None:
-            self.embedder.engine.check_token_ids([token_ids], [len(request.texts)])
+        if tokenized is not None:
+            self.embedder.engine.check_tokenized([tokenized], [len(request.texts)])
         if not request.texts:
             return np.empty((0, request.dim or self.embedder.dim), dtype=np.float32)
-        return await self._submit(EMBED, request, len(request.texts), token_ids)
+        return await self._submit(EMBED, request, len(request.texts), tokenized)
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued and running one, then stop the worker thread."""
@@ -160,7 +160,7 @@ class AsyncEngine:
             self._executor.shutdown(wait=True)
 
     async def _submit(
-        self, kind: str, request: ScoreRequest | EmbedRequest, sequences: int, token_ids: list[list[int]] | None
+        self, kind: str, request: ScoreRequest | EmbedRequest, sequences: int, tokenized: Tokenized | None
     ) -> np.ndarray:
         if self._closing:
             raise RuntimeError("this AsyncEngine is closed")
@@ -171,7 +171,7 @@ class AsyncEngine:
             self._worker = loop.create_task(self._work(), name="qrerank-batcher")
         elif self._loop is not loop:
             raise RuntimeError("an AsyncEngine serves the event loop it was first used in; create one per loop")
-        job = _Job(kind, request, sequences, loop.create_future(), token_ids)
+        job = _Job(kind, request, sequences, loop.create_future(), tokenized)
         self._queue.append(job)
         self._arrived.set()
         try:
@@ -256,9 +256,9 @@ class AsyncEngine:
         model = self.embedder if kind == EMBED else self.reranker
         assert model is not None
         requests = [job.request for job in jobs]
-        ids = [job.token_ids if job.token_ids is not None else model.encode(job.request) for job in jobs]  # type: ignore[arg-type]
+        tokenized = [job.tokenized or model.tokenize(job.request) for job in jobs]  # type: ignore[arg-type]
         if kind == EMBED:
             assert self.embedder is not None
-            return self.embedder.embed_batch(requests, token_ids=ids)  # type: ignore[arg-type, return-value]
+            return self.embedder.embed_batch(requests, tokenized=tokenized)  # type: ignore[arg-type, return-value]
         assert self.reranker is not None
-        return self.reranker.score_batch(requests, raw=kind == SCORE_RAW, token_ids=ids)  # type: ignore[arg-type]
+        return self.reranker.score_batch(requests, raw=kind == SCORE_RAW, tokenized=tokenized)  # type: ignore[arg-type]

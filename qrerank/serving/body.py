@@ -1,26 +1,30 @@
-"""Request bodies: read under a size limit, decode strict UTF-8 JSON, validate against a schema.
+"""Request bodies: read under a size limit, then decode and validate against a schema off the event loop.
 
 Done by hand rather than by FastAPI's body parameters so that each failure gets its own status:
 oversized 413 (checked on Content-Length before reading, and again while streaming), not UTF-8 or
-not JSON 400, the wrong shape 422 with every offending field named.
+not JSON 400, the wrong shape 422 naming the first offending field. Decoding runs on a worker
+thread, so a large body never holds the event loop (and with it /health and every other request).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+import asyncio
+import re
+from typing import TypeVar
 
+import msgspec
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
 
 from qrerank.serving.errors import ApiError
+from qrerank.serving.schemas import Schema
 
-Schema = TypeVar("Schema", bound=BaseModel)
+S = TypeVar("S", bound=Schema)
 
-_MAX_LISTED_ERRORS = 5
+_BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
+_LAST_KEY = re.compile(rb'"([^"\\]{1,64})"\s*:\s*[^:]*$')
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
@@ -30,41 +34,52 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if size > max_bytes:  # a chunked body, or a Content-Length that lied
             raise ApiError(413, f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_request(request: Request, schema: type[S], max_bytes: int) -> S:
+    """The body of `request` decoded into `schema`; ApiError 400/413/422 otherwise."""
+    raw = await read_body(request, max_bytes)
+    return await asyncio.to_thread(decode, schema, raw)
+
+
+def decode(schema: type[S], raw: bytes) -> S:
     if not raw:
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ApiError(400, f"the request body is not valid UTF-8 (byte {err.start})") from None
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except RecursionError:  # a body of nothing but nested brackets
+        return msgspec.json.decode(raw, type=schema)
+    except msgspec.ValidationError as err:
+        raise ApiError(422, f"invalid {schema.__name__}: {_field_message(str(err))}") from None
+    except msgspec.DecodeError as err:
+        raise ApiError(400, f"the request body is not valid JSON: {_decode_message(str(err), raw)}") from None
+    except RecursionError:  # an ignored field of nothing but nested brackets
         raise ApiError(400, "the request body nests JSON too deeply") from None
-    except json.JSONDecodeError as err:
-        raise ApiError(
-            400, f"the request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        ) from None
 
 
-def _refuse_constant(name: str) -> Any:
-    """Python's json accepts NaN and Infinity; JSON does not."""
-    raise ApiError(400, f"the request body is not valid JSON: {name} is not a JSON value")
+def _field_message(message: str) -> str:
+    """msgspec's "Expected `int`, got `str` - at `$.documents[0]`" as "documents[0]: expected `int`, got `str`"."""
+    text, _, path = message.partition(" - at `$")
+    field = path.rstrip("`").lstrip(".")
+    missing = re.fullmatch(r"Object missing required field `(.+)`", text)
+    if missing:
+        field, text = f"{field}.{missing[1]}".lstrip("."), "field required"
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", text)
+    if unknown:
+        field, text = f"{field}.{unknown[1]}".lstrip("."), "unknown field (this API does not take it)"
+    text = text[:1].lower() + text[1:]
+    return f"{field}: {text}" if field else f"body: {text}"
 
 
-def parse(schema: type[Schema], data: Any) -> Schema:
-    if not isinstance(data, dict):
-        raise ApiError(422, f"the request body must be a JSON object, got a JSON {type(data).__name__}")
-    try:
-        return schema.model_validate(data)
-    except ValidationError as err:
-        problems = [_describe(e) for e in err.errors(include_url=False)]
-        more = len(problems) - _MAX_LISTED_ERRORS
-        listed = "; ".join(problems[:_MAX_LISTED_ERRORS]) + (f"; and {more} more" if more > 0 else "")
-        raise ApiError(422, f"invalid {schema.__name__}: {listed}") from None
-
-
-def _describe(error: Any) -> str:
-    # Union members appear in the location ("documents.0.str"): it says which alternatives were tried.
-    location = ".".join(str(part) for part in error["loc"]) or "body"
-    return f"{location}: {error['msg']}"
+def _decode_message(message: str, raw: bytes) -> str:
+    """msgspec's message, plus the field being read where the error offset shows one (a lone surrogate in a
+    string, say, is reported at its byte)."""
+    message = message.removeprefix("JSON is malformed: ")
+    if message == "Invalid UTF-8 encoded string":
+        return "it is not valid UTF-8"
+    offset = _BYTE_OFFSET.search(message)
+    if offset:
+        window = raw[max(0, int(offset[1]) - 4096) : int(offset[1])]
+        key = _LAST_KEY.search(window)
+        if key:
+            message += f", in the value of {key[1].decode('utf-8', 'replace')!r}"
+    return message

@@ -5,7 +5,7 @@ that fits from one the recipe would cut, inputs are encoded with the recipe at `
 input of more than `max_length` tokens comes out one token longer than any input that fits, and
 every input that fits comes out exactly as the engine encodes it. An input cut on request loses the
 one extra body token, which gives the engine's own truncation. So each input is tokenized once, here,
-off the device thread, and the ids go on to the engine (`score_batch(token_ids=...)`).
+off the device thread, and the ids go on to the engine (`score_batch(tokenized=...)`).
 """
 
 from __future__ import annotations
