@@ -7,16 +7,18 @@
 # through CUDA_HOME or PATH; the step fails loudly when the extension does not import), after installing
 # the wheels of .whl/ (benchmarks/download_gpu_wheels.sh) into the scratch directory when that folder is
 # present. Step limits in seconds, sized for a fresh machine (first Triton compiles included):
-#   every tier   wheels 15 (when .whl/ is present), install 60 (about 30 s of it nvcc on 2 cores)
-#   smoke        gpu_tests 95: every GPU test, pytest -n 4; parity 40: bf16 end to end at the 0.6B shape
-#   bench        kernels 30, topk 25, e2e 75 (0.6B, --quick), serving 75
-# all: 415 s of limits (under 7 minutes); smoke alone 210 s, bench alone 280 s. A step that fails or runs
+#   every tier   wheels 10 (when .whl/ is present), install 80 (nvcc alone took 25 s on 2 cores)
+#   smoke        gpu_tests 95: every GPU test, pytest -n 4; parity 35: bf16 end to end at the 0.6B shape
+#   bench        kernels 25, topk 25, e2e 70 (0.6B, --quick), serving 70
+# all: 410 s of limits (under 7 minutes); smoke alone 220 s, bench alone 280 s. A step that fails or runs
 # out of time is reported and the next one runs; the benchmarks write their JSON as they go, and pytest
 # stopped at its limit still writes its junit report.
 #
 # Work happens in a scratch directory (kept, its path printed); OUT_DIR receives exactly three files:
 # summary.md (the table, also printed last), summary.json (steps, tests, figures, every benchmark's JSON)
 # and device_check.tar.gz (every log, JSON and junit report). Nothing here changes the card's settings.
+# For a machine without network: run benchmarks/download_gpu_wheels.sh where pip works, bring .whl/ along
+# (it is git-ignored), and give the whole command about 8 minutes (410 s of steps, install and setup).
 set -uo pipefail
 
 tier=all
@@ -103,7 +105,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,power.limi
     > "$SCRATCH/gpu.csv" 2>&1
 cat "$SCRATCH/gpu.csv"
 if [[ -d .whl ]] && compgen -G '.whl/*.whl' > /dev/null; then
-    step wheels 15 TERM bash -c install_wheels
+    step wheels 10 TERM bash -c install_wheels
     export PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}"
 else
     record wheels skipped 0 0 "no .whl/ folder (benchmarks/download_gpu_wheels.sh)"
@@ -117,25 +119,25 @@ fi
 } > "$SCRATCH/environment.txt" 2>&1
 cat "$SCRATCH/environment.txt"
 
-step install 60 TERM bash -c install_project
+step install 80 TERM bash -c install_project
 if [[ $tier != bench ]]; then
     # SIGINT: pytest stops like on Ctrl-C and still writes the junit report of the tests that ran
     step gpu_tests 95 INT "$PY" -m pytest -q -n 4 -p no:cacheprovider --junitxml="$SCRATCH/gpu_tests.xml" \
         tests/test_gpu.py tests/test_kernel_attention.py tests/test_kernel_norms.py tests/test_topk_gpu.py
-    step parity 40 TERM "$PY" benchmarks/parity_gpu.py --json "$SCRATCH/parity.json" \
+    step parity 35 TERM "$PY" benchmarks/parity_gpu.py --json "$SCRATCH/parity.json" \
         --checkpoints "$SCRATCH/checkpoints"
 fi
 if [[ $tier != smoke ]]; then
-    step kernels 30 TERM "$PY" benchmarks/bench_kernels.py --json "$SCRATCH/kernels.json"
+    step kernels 25 TERM "$PY" benchmarks/bench_kernels.py --json "$SCRATCH/kernels.json"
     step topk 25 TERM "$PY" benchmarks/bench_topk.py --json "$SCRATCH/topk.json"
-    step e2e 75 TERM "$PY" benchmarks/bench_gpu.py --quick --json "$SCRATCH/e2e.json" \
+    step e2e 70 TERM "$PY" benchmarks/bench_gpu.py --quick --json "$SCRATCH/e2e.json" \
         --checkpoints "$SCRATCH/checkpoints"
     missing=$(serving_missing)
     if [[ -n $missing ]]; then
-        record serving skipped 0 75 "${missing// /, } not installed (.whl/: benchmarks/download_gpu_wheels.sh)"
+        record serving skipped 0 70 "${missing// /, } not installed (.whl/: benchmarks/download_gpu_wheels.sh)"
         echo "=== serving skipped: $missing not installed"
     else
-        step serving 75 TERM "$PY" benchmarks/bench_serving.py --preset 0.6B --device cuda --requests 128 \
+        step serving 70 TERM "$PY" benchmarks/bench_serving.py --preset 0.6B --device cuda --requests 128 \
             --json "$SCRATCH/serving.json"
     fi
 fi
