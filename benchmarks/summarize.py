@@ -155,7 +155,7 @@ def _preset(preset: str, result: dict[str, Any]) -> list[Row]:
     if "embed" in result:
         emb = result["embed"]
         rows.append((
-            f"{preset} embed {emb['texts']} texts, texts/s",
+            f"{preset} embed {emb['texts']} passages, texts/s",
             f"{emb['qrerank']['items_per_s']:.0f} vs {emb['official']['items_per_s']:.0f} official "
             f"= x{emb['speedup']:.2f}, MFU {emb['qrerank']['mfu']:.0%}",
             f"min cosine {emb['min_cosine']:.4f}",
