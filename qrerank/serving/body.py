@@ -1,9 +1,11 @@
 """Request bodies: read under a size limit, then decode and validate against a schema off the event loop.
 
 Done by hand rather than by FastAPI's body parameters so that each failure gets its own status:
-oversized 413 (checked on Content-Length before reading, and again while streaming), not UTF-8 or
-not JSON 400, the wrong shape 422 naming the first offending field. Decoding runs on a worker
-thread, so a large body never holds the event loop (and with it /health and every other request).
+not declared `application/json` 415 (so a web page cannot post a CORS-free "simple" text/plain
+request), oversized 413 (checked on Content-Length before reading, and again while streaming), not
+UTF-8 or not JSON 400, the wrong shape 422 naming the first offending field. Decoding runs on a
+worker thread, so a large body never holds the event loop (and with it /health and every other
+request). A client that disconnects mid-body is ClientDisconnected, not a server fault.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import TypeVar
 
 import msgspec
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from qrerank.serving.errors import ApiError
+from qrerank.serving.errors import ApiError, ClientDisconnected
 from qrerank.serving.schemas import Schema
 
 S = TypeVar("S", bound=Schema)
@@ -24,21 +27,36 @@ _BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
 _LAST_KEY = re.compile(rb'"([^"\\]{1,64})"\s*:\s*[^:]*$')
 
 
+def check_json_content_type(request: Request) -> None:
+    """415 unless the body is declared JSON: `application/json`, with at most a UTF-8 charset parameter."""
+    declared = request.headers.get("content-type", "")
+    media_type, *parameters = (part.strip() for part in declared.split(";"))
+    pairs = (parameter.partition("=") for parameter in parameters)
+    charsets = [value.strip().strip('"').lower() for name, _, value in pairs if name.strip().lower() == "charset"]
+    if media_type.lower() != "application/json" or any(charset not in ("utf-8", "utf8") for charset in charsets):
+        shown = f"{declared!r}" if declared else "none"
+        raise ApiError(415, f"request bodies must be UTF-8 JSON sent as 'Content-Type: application/json'; got {shown}")
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:  # a chunked body, or a Content-Length that lied
-            raise ApiError(413, f"request body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:  # a chunked body, or a Content-Length that lied
+                raise ApiError(413, f"request body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected("body") from None
     return b"".join(chunks)
 
 
 async def read_request(request: Request, schema: type[S], max_bytes: int) -> S:
-    """The body of `request` decoded into `schema`; ApiError 400/413/422 otherwise."""
+    """The body of `request` decoded into `schema`; ApiError 400/413/415/422 otherwise."""
+    check_json_content_type(request)
     raw = await read_body(request, max_bytes)
     return await asyncio.to_thread(decode, schema, raw)
 

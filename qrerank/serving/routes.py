@@ -1,9 +1,9 @@
 """The API routes: OpenAI embeddings, Cohere/Jina rerank, DeepInfra inference, text-embeddings-inference.
 
 Every route follows the same path: read and validate the body (body.py), resolve the model name
-(404 if not served), check the input count (413), count the recipe tokens and apply the per-input
-limit (tokens.py, 413), then await the AsyncEngine under the request timeout (504), and answer in
-the peer API's response shape.
+(404 if not served), check the input count (413), make the engine requests and count their recipe
+tokens on a worker thread (prepare.py; the per-input limit, 413), then await the AsyncEngine while
+the client waits, under the request timeout (lifecycle.py: 504), and answer in the peer API's shape.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from qrerank.requests import EmbedRequest, Tokenized
 from qrerank.serving.async_engine import AsyncEngine
 from qrerank.serving.body import read_request
 from qrerank.serving.errors import ApiError
+from qrerank.serving.lifecycle import all_of, while_connected
 from qrerank.serving.metrics import ServingMetrics
 from qrerank.serving.options import ServerOptions
+from qrerank.serving.prepare import EmbedWork, ScoreWork, embed_work, score_work
 from qrerank.serving.schemas import (
     InferenceRequest,
     OpenAIEmbeddingsRequest,
@@ -71,7 +72,7 @@ class Routes:
         body = await read_request(request, OpenAIEmbeddingsRequest, self.options.max_body_bytes)
         name = self._embedder_name(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        vectors, tokens = await self._embed(texts, body.instruction, body.dimensions, True, False, "input")
+        vectors, tokens = await self._embed(request, texts, body.instruction, body.dimensions, True, False, "input")
         if body.encoding_format == "base64":
             encoded: list[Any] = [base64.b64encode(v.astype("<f4", copy=False).tobytes()).decode() for v in vectors]
         else:
@@ -86,7 +87,7 @@ class Routes:
         docs = [d if isinstance(d, str) else d.text for d in body.documents]
         if body.top_n is not None and body.top_n > self.options.max_inputs:
             raise ApiError(422, f"top_n must be between 1 and {self.options.max_inputs}, got {body.top_n}")
-        scores, tokens = await self._score([body.query], docs, body.instruction, False, False)
+        scores, tokens = await self._score(request, [body.query], docs, body.instruction, False, False)
         order = np.argsort(-scores, kind="stable")[: body.top_n]  # best first; ties keep the documents' order
         results: list[dict[str, Any]] = [{"index": int(i), "relevance_score": float(scores[i])} for i in order]
         if body.return_documents:
@@ -105,7 +106,7 @@ class Routes:
                 f"queries must hold one query for all documents or one per document ({len(body.documents)}), "
                 f"got {len(body.queries)}",
             )
-        scores, tokens = await self._score(body.queries, body.documents, body.instruction, False, False)
+        scores, tokens = await self._score(request, body.queries, body.documents, body.instruction, False, False)
         return JSONResponse({"scores": scores.tolist(), "input_tokens": tokens})
 
     async def tei_embed(self, request: Request) -> JSONResponse:
@@ -113,14 +114,16 @@ class Routes:
         self._embedder_name(None)
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         truncate = self.options.auto_truncate if body.truncate is None else body.truncate
-        vectors, _ = await self._embed(texts, body.instruction, body.dimensions, body.normalize, truncate, "inputs")
+        vectors, _ = await self._embed(
+            request, texts, body.instruction, body.dimensions, body.normalize, truncate, "inputs"
+        )
         return JSONResponse(vectors.tolist())
 
     async def tei_rerank(self, request: Request) -> JSONResponse:
         body = await read_request(request, TeiRerankRequest, self.options.max_body_bytes)
         self._reranker_name(None)
         truncate = self.options.auto_truncate if body.truncate is None else body.truncate
-        scores, _ = await self._score([body.query], body.texts, body.instruction, body.raw_scores, truncate)
+        scores, _ = await self._score(request, [body.query], body.texts, body.instruction, body.raw_scores, truncate)
         order = np.argsort(-scores, kind="stable")
         results: list[dict[str, Any]] = [{"index": int(i), "score": float(scores[i])} for i in order]
         if body.return_text:
@@ -130,6 +133,7 @@ class Routes:
 
     async def _embed(
         self,
+        request: Request,
         texts: list[str],
         instruction: str | None,
         dim: int | None,
@@ -138,66 +142,46 @@ class Routes:
         field: str,
     ) -> tuple[np.ndarray, int]:
         """Embeddings [n, dim] and the request's prompt tokens."""
-        assert self.engine.embedder is not None and self.embed_tokens is not None
+        embedder, counter = self.engine.embedder, self.embed_tokens
+        assert embedder is not None and counter is not None
         self._check_count(len(texts), field)
-        try:
-            self.engine.embedder.check(EmbedRequest(texts, instruction, dim, normalize))
-        except ValueError as err:
-            raise ApiError(422, f"dimensions: {err}") from None
-        counter = self.embed_tokens
 
-        async def run() -> tuple[np.ndarray, int]:
-            ids = await asyncio.to_thread(counter.embed_ids, texts, instruction, truncate, field)
-            vectors = await self.engine.embed(
-                texts, instruction=instruction, dim=dim, normalize=normalize, tokenized=Tokenized(ids)
+        async def run() -> tuple[EmbedWork, np.ndarray]:
+            work = await asyncio.to_thread(
+                embed_work, counter, embedder, texts, instruction, dim, normalize, truncate, field
             )
-            return vectors, sum(map(len, ids))
+            return work, await self.engine.submit(work.request, tokenized=work.tokenized)
 
-        vectors, tokens = await self._within_timeout(run())
-        self.metrics.tokens.labels(self.options.embedder_name).inc(tokens)
-        return vectors, tokens
+        work, vectors = await self._within_timeout(request, run())
+        self.metrics.tokens.labels(self.options.embedder_name).inc(work.tokens)
+        return vectors, work.tokens
 
     async def _score(
-        self, queries: Sequence[str], docs: list[str], instruction: str | None, raw: bool, truncate: bool
+        self,
+        request: Request,
+        queries: Sequence[str],
+        docs: list[str],
+        instruction: str | None,
+        raw: bool,
+        truncate: bool,
     ) -> tuple[np.ndarray, int]:
         """Scores [len(docs)] (one query for all documents, or one per document) and the prompt tokens."""
-        assert self.rerank_tokens is not None
-        self._check_count(len(docs), "documents")
-        pairs = list(queries) * len(docs) if len(queries) == 1 else list(queries)
-        by_query: dict[str, list[int]] = {}  # the documents of one query form one request (a shared prefix)
-        for i, query in enumerate(pairs):
-            by_query.setdefault(query, []).append(i)
         counter = self.rerank_tokens
+        assert counter is not None
+        self._check_count(len(docs), "documents")
 
-        async def run() -> tuple[np.ndarray, int]:
-            ids = await asyncio.to_thread(counter.score_ids, pairs, docs, instruction, truncate, "documents")
-            parts = await asyncio.gather(
-                *(
-                    self.engine.score(
-                        query,
-                        [docs[i] for i in idx],
-                        instruction=instruction,
-                        raw=raw,
-                        tokenized=Tokenized([ids[i] for i in idx]),
-                    )
-                    for query, idx in by_query.items()
-                )
-            )
-            scores = np.empty(len(docs), dtype=np.float32)
-            for idx, values in zip(by_query.values(), parts, strict=True):
-                scores[idx] = values
-            return scores, sum(map(len, ids))
+        async def run() -> tuple[ScoreWork, list[np.ndarray]]:
+            work = await asyncio.to_thread(score_work, counter, queries, docs, instruction, truncate, "documents")
+            parts = await all_of(self.engine.submit(r, raw=raw, tokenized=t) for r, t in work.requests)
+            return work, parts
 
-        scores, tokens = await self._within_timeout(run())
-        self.metrics.tokens.labels(self.options.reranker_name).inc(tokens)
-        return scores, tokens
+        work, parts = await self._within_timeout(request, run())
+        self.metrics.tokens.labels(self.options.reranker_name).inc(work.tokens)
+        return work.scores(parts), work.tokens
 
-    async def _within_timeout(self, work: Awaitable[T]) -> T:
-        """Cancelling on timeout also drops the request's queued work (AsyncEngine removes cancelled callers)."""
-        try:
-            return await asyncio.wait_for(work, self.options.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the request was not answered within {self.options.request_timeout_s} s") from None
+    async def _within_timeout(self, request: Request, work: Awaitable[T]) -> T:
+        """`work` cancelled (its queued engine work dropped) when the client leaves or the timeout passes (504)."""
+        return await while_connected(request, work, self.options.request_timeout_s)
 
     def _check_count(self, count: int, field: str) -> None:
         if count > self.options.max_inputs:
