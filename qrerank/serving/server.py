@@ -67,6 +67,7 @@ class BackgroundServer:
     ) -> None:
         limits = limits or ConnectionLimits()
         reserve_file_descriptors(limits)
+        self.app = app
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind((host, 0))  # the kernel picks a free port; binding here leaves no race with others
         self.host, self.port = self._socket.getsockname()[:2]
