@@ -53,6 +53,10 @@ def reserve_file_descriptors(limits: ConnectionLimits) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+class _HeadersTooLarge(Exception):
+    pass
+
+
 def _canned(status: int, reason: str, message: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps(error_body(status, message)).encode()
@@ -70,7 +74,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self._deadline: asyncio.TimerHandle | None = None  # of the stage being read: headers or body
-        self._header_bytes: int | None = None  # bytes of the request being read, until its headers end
+        # Header size, two ways: bytes received since the request began (while its headers are being read:
+        # httptools buffers a header until it ends, so one dripped forever must be cut off as it grows),
+        # and the URL and headers parsed (exact, for headers that arrive in one read).
+        self._header_bytes: int | None = None
+        self._parsed_header_bytes = 0
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -97,8 +105,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = 0
+        self._header_bytes = self._parsed_header_bytes = 0
         self._arm(self.limits.header_timeout_s, self._headers_late)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        self._parsed_header_bytes += size
+        if self._parsed_header_bytes > self.limits.max_header_bytes:
+            raise _HeadersTooLarge  # httptools stops parsing; uvicorn answers with send_400_response
+
+    def send_400_response(self, msg: str) -> None:
+        if self._parsed_header_bytes > self.limits.max_header_bytes:
+            self._reject(431, "Request Header Fields Too Large", f"over {self.limits.max_header_bytes} bytes")
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._header_bytes = None
