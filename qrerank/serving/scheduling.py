@@ -1,11 +1,19 @@
-"""The AsyncEngine's queue: requests cut by items into micro-batch slices, taken round-robin into passes.
+"""The AsyncEngine's queue: large requests cut by items into micro-batch slices, interleaved with small ones.
 
 A pass is at most one engine micro-batch: `max_tokens` packed tokens (a request's shared prompt prefix
 counted once, as the engine packs it) and `max_sequences` sequences, all of one kind. A request that
-fits a pass is never split; a larger one is cut by items, never inside an item, into slices of the
-room left in each pass. After each pass its requests that still have items go to the back of the
-queue, so a small request waits for at most one slice of each request ahead of it, however large
-those requests are, and an abandoned request's remaining slices are simply never taken.
+fits a pass ("small") is never split; a larger one is cut by items, never inside an item, into
+slices of the room a pass has left. Each pass takes:
+
+  1. small requests whole, in arrival order, up to half the pass while large ones wait (the first
+     one always: it fits), all of it otherwise;
+  2. a slice of each large request in turn, round-robin (one that got a slice goes to the back of
+     the queue), in the room left;
+  3. more small requests whole, in the room the large ones left.
+
+So a small request waits for the pass running when it came and, unless small ones fill half of every
+pass, runs in the next: a few micro-batch times, whatever large requests are queued. Large requests
+keep at least half of each pass between them. An abandoned request's slices are simply never taken.
 """
 
 from __future__ import annotations
@@ -102,16 +110,18 @@ class Job:
         ends = self.layout.token_ends
         return self.layout.prefix + int(ends[end] - ends[start])
 
-    def take(self, tokens: int, sequences: int, whole_only: bool, at_least_one: bool) -> Slice | None:
-        """The longest run of items from the cursor within `tokens` and `sequences` (all of them or none
-        when `whole_only`; at least one item when `at_least_one`); None when nothing is taken."""
+    def fits(self, tokens: int, sequences: int) -> bool:
+        """Whether all its remaining items fit in `tokens` and `sequences`."""
+        return self.remaining_tokens <= tokens and self.remaining_sequences <= sequences
+
+    def take(self, tokens: int, sequences: int, at_least_one: bool) -> Slice | None:
+        """The longest run of items from the cursor within `tokens` and `sequences` (at least one item
+        when `at_least_one`); None when nothing is taken."""
         layout, start = self.layout, self.cursor
         # token_ends and sequence_ends are non-decreasing: the last item that fits is found by bisection
         by_tokens = np.searchsorted(layout.token_ends, layout.token_ends[start] + tokens - layout.prefix, "right")
         by_sequences = np.searchsorted(layout.sequence_ends, layout.sequence_ends[start] + sequences, "right")
         end = min(int(by_tokens), int(by_sequences)) - 1
-        if whole_only and end < self.items:
-            end = start
         if end <= start:
             if not at_least_one:
                 return None
@@ -134,28 +144,40 @@ class Job:
             self.future.set_result(self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts))
 
 
-def take_pass(queue: deque[Job], max_tokens: int, max_sequences: int) -> list[Slice]:
-    """The next pass: slices of the head job's kind in queue order, within one micro-batch.
+class _Pass:
+    """The slices of the pass being planned, within its budget."""
 
-    Jobs that got a slice leave their places; those with items left rejoin at the back (round-robin).
-    """
+    def __init__(self, max_tokens: int, max_sequences: int) -> None:
+        self.slices: list[Slice] = []
+        self.tokens, self.sequences = max_tokens, max_sequences  # room left
+
+    def add(self, piece: Slice | None) -> None:
+        if piece is not None:
+            self.slices.append(piece)
+            self.tokens -= piece.tokens
+            self.sequences -= piece.sequences
+
+
+def take_pass(queue: deque[Job], max_tokens: int, max_sequences: int) -> list[Slice]:
+    """The next pass, of the head job's kind (see the module's docstring). Jobs that got a slice leave
+    their places; those with items left rejoin at the back."""
     kind = queue[0].kind
-    slices: list[Slice] = []
-    tokens = sequences = 0
-    for job in queue:
-        if job.kind != kind:
-            continue
-        if tokens >= max_tokens or sequences >= max_sequences:
-            break
-        fits_a_pass = job.remaining_tokens <= max_tokens and job.remaining_sequences <= max_sequences
-        taken = job.take(max_tokens - tokens, max_sequences - sequences, fits_a_pass, at_least_one=not slices)
-        if taken is not None:
-            slices.append(taken)
-            tokens += taken.tokens
-            sequences += taken.sequences
-    served = {s.job for s in slices}
+    jobs = [job for job in queue if job.kind == kind]
+    small = [job for job in jobs if job.fits(max_tokens, max_sequences)]
+    large = [job for job in jobs if not job.fits(max_tokens, max_sequences)]
+    planned = _Pass(max_tokens, max_sequences)
+    small_room = max_tokens // 2 if large else max_tokens
+    for job in small:
+        if not planned.slices or job.fits(planned.tokens - (max_tokens - small_room), planned.sequences):
+            planned.add(job.take(planned.tokens, planned.sequences, at_least_one=True))
+    for job in large:
+        planned.add(job.take(planned.tokens, planned.sequences, at_least_one=not planned.slices))
+    for job in small:
+        if job.cursor == 0 and job.fits(planned.tokens, planned.sequences):
+            planned.add(job.take(planned.tokens, planned.sequences, at_least_one=True))
+    served = {piece.job for piece in planned.slices}
     kept = [job for job in queue if job not in served]
     queue.clear()
     queue.extend(kept)
-    queue.extend(s.job for s in slices if s.job.cursor < s.job.items)
-    return slices
+    queue.extend(piece.job for piece in planned.slices if piece.job.cursor < piece.job.items)
+    return planned.slices
