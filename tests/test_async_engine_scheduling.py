@@ -1,5 +1,6 @@
 """AsyncEngine scheduling: large requests run in micro-batch slices interleaved with others, with the same
-results; a small request is not stuck behind a large one; a cancelled request stops at the next pass."""
+results; a small request is not stuck behind a large one; a cancelled request stops at the next pass; the
+pass policy itself."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import dataclasses
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 
 from qrerank import Embedder, EmbedRequest, Reranker, ScoreRequest, Tokenized
 from qrerank.serving import AsyncEngine
+from qrerank.serving.scheduling import Job, Layout, take_pass
 
 LONG = " ".join(["word"] * 240)  # with the prompt template, cut at the fixtures' max_length of 256 tokens
 
@@ -178,3 +181,29 @@ def test_submit_checks_its_request(reranker: Reranker, embedder: Embedder) -> No
     assert isinstance(raw_embed, ValueError) and "raw=True applies to score requests" in str(raw_embed)
     assert isinstance(bad_dim, ValueError) and "7" in str(bad_dim)
     assert isinstance(short_ids, ValueError) and "1 items for the request's 2 inputs" in str(short_ids)
+
+
+def test_each_pass_takes_small_requests_first_then_large_slices_in_turn() -> None:
+    loop = asyncio.new_event_loop()
+
+    def job(name: str, items: int) -> Job:  # items of 10 tokens, no shared prefix
+        tokenized = Tokenized([[1] * 10 for _ in range(items)])
+        request = ScoreRequest(name, [name] * items)
+        return Job("score", request, tokenized, Layout.of(tokenized, share_prefix=False), loop.create_future())
+
+    def planned(queue: deque[Job]) -> list[tuple[str, int]]:
+        return [(piece.job.request.query, piece.end - piece.start) for piece in take_pass(queue, 100, 1000)]
+
+    large, other = job("large", 50), job("other", 50)
+    queue = deque([large])
+    assert planned(queue) == [("large", 10)]  # a micro-batch of 100 tokens
+    queue.extend([job("s1", 3), job("s2", 3), job("s3", 3)])  # they arrive while it runs
+    assert planned(queue) == [("s1", 3), ("large", 7)]  # small first, up to half the pass; large fills
+    queue.append(other)
+    assert planned(queue) == [("s2", 3), ("large", 7)]
+    assert planned(queue) == [("s3", 3), ("other", 7)]  # large requests in turn
+    assert planned(queue) == [("large", 10)] and planned(queue) == [("other", 10)]
+    queue.append(job("s4", 9))  # fits a pass, so is never split
+    assert planned(queue) == [("s4", 9), ("large", 1)]
+    assert list(queue) == [other, large]
+    loop.close()

@@ -4,6 +4,6 @@
 AsyncEngine needs nothing beyond qrerank itself.
 """
 
-from qrerank.serving.async_engine import AsyncEngine, BatchObserver
+from qrerank.serving.async_engine import AsyncEngine, BatchObserver, EngineClosed, EngineHealth, WorkerFault
 
-__all__ = ["AsyncEngine", "BatchObserver"]
+__all__ = ["AsyncEngine", "BatchObserver", "EngineClosed", "EngineHealth", "WorkerFault"]
