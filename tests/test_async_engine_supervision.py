@@ -4,12 +4,13 @@ the worker serves on; `health()` tells serving from faulted, closing and closed.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from qrerank import Reranker
+from qrerank import Reranker, ScoreRequest, Tokenized
 from qrerank.serving import AsyncEngine, async_engine
 from qrerank.serving.async_engine import EngineClosed, WorkerFault
 
@@ -91,3 +92,30 @@ def test_health_while_closing_and_after(reranker: Reranker) -> None:
     assert (during, after) == ("closing", "closed")
     np.testing.assert_allclose(finished, reranker.score("q", ["doc"]), rtol=0, atol=1e-6)
     assert isinstance(late, EngineClosed)
+
+
+def test_close_waits_for_requests_still_being_tokenized(reranker: Reranker, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    original = reranker.tokenize
+
+    def slow_tokenize(request: ScoreRequest) -> Tokenized:
+        release.wait(10)
+        return original(request)
+
+    monkeypatch.setattr(reranker, "tokenize", slow_tokenize)
+
+    async def main() -> tuple[np.ndarray, bool]:
+        engine = AsyncEngine(reranker)
+        accepted = asyncio.ensure_future(engine.score("q", ["doc"]))
+        await asyncio.sleep(0.05)  # being tokenized on a worker thread
+        closing = asyncio.ensure_future(engine.close())
+        await asyncio.sleep(0.05)
+        waited = not closing.done()
+        release.set()
+        await closing
+        return await accepted, waited
+
+    scores, waited = asyncio.run(main())
+    monkeypatch.undo()
+    assert waited
+    np.testing.assert_allclose(scores, reranker.score("q", ["doc"]), rtol=0, atol=1e-6)

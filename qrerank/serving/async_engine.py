@@ -117,6 +117,7 @@ class AsyncEngine:
         self._handling: list[Job] = []  # the jobs of the pass being run: those a worker fault fails
         self._last_fault: tuple[float, BaseException] | None = None  # (time.monotonic(), error)
         self._last_pass = 0.0  # time.monotonic() of the last pass that succeeded
+        self._preparing = 0  # accepted requests being tokenized, not queued yet
         self._closing = self._closed = False
 
     async def __aenter__(self) -> AsyncEngine:
@@ -143,14 +144,16 @@ class AsyncEngine:
             if isinstance(request, ScoreRequest):
                 return np.empty(0, dtype=np.float32)
             return np.empty((0, request.dim or model.dim), dtype=np.float32)  # type: ignore[union-attr]
-        tokenized, layout = await loop.run_in_executor(None, _prepare, model, request, items, tokenized)
-        if self._closing:  # it closed while this request was being tokenized
-            raise EngineClosed("this AsyncEngine is closed")
-        job = Job(kind, request, tokenized, layout, loop.create_future())
-        self._queue.append(job)
-        self._arrived.set()
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._work(), name="qrerank-batcher")
+        self._ensure_worker(loop)
+        self._preparing += 1  # accepted: close() now waits for it
+        try:
+            tokenized, layout = await loop.run_in_executor(None, _prepare, model, request, items, tokenized)
+            job = Job(kind, request, tokenized, layout, loop.create_future())
+            self._queue.append(job)
+            self._ensure_worker(loop)  # it may have stopped (cancelled) while this request was tokenized
+        finally:
+            self._preparing -= 1
+            self._arrived.set()
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -234,6 +237,10 @@ class AsyncEngine:
             raise RuntimeError("an AsyncEngine serves the event loop it was first used in; create one per loop")
         return loop
 
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._work(), name="qrerank-batcher")
+
     async def _work(self) -> None:
         """The supervised batching loop: runs until closed and drained, surviving its own faults."""
         while True:
@@ -257,7 +264,7 @@ class AsyncEngine:
                 self._handling = []
 
     async def _batch_until_closed(self) -> None:
-        while self._queue or not self._closing:
+        while self._queue or self._preparing or not self._closing:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
