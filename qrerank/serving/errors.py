@@ -1,12 +1,14 @@
-"""Every error the server answers, as one JSON shape: {"error": {"message", "type", "code"}}.
+"""Every error the server answers, as one JSON shape: {"error": {"message", "type", "code"}, "detail"}.
 
 The shape is OpenAI's (which the OpenAI client reads into its exception), used on every route so a
-client needs one parser. Status codes: 400 unreadable body (malformed JSON, not UTF-8), 401 missing
+client needs one parser; `detail` repeats the message for clients of FastAPI-style servers (Jina,
+Infinity, vLLM clients read it). Status codes: 400 unreadable body (malformed JSON, not UTF-8), 401 missing
 or wrong API key, 404 unknown route or model, 405 wrong method, 413 body, input count or input
 tokens over a limit, 415 a body not declared JSON, 422 well-formed JSON that does not fit the
-request schema, 500 a server fault, 503 shutting down or over the connection limit, 504 request
-timeout. Bad input never produces a 500. A client that disconnects before its answer gets nothing
-(it is gone): counted in `qrerank_client_disconnects`, recorded as status 499, never logged as a fault.
+request schema, 500 a server fault, 501 an option this server does not implement, 503 shutting down
+or over the connection limit, 504 request timeout. Bad input never produces a 500. A client that
+disconnects before its answer gets nothing (it is gone): counted in `qrerank_client_disconnects`,
+recorded as status 499, never logged as a fault.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _TYPES = {
     415: "invalid_request_error",
     422: "invalid_request_error",
     500: "server_error",
+    501: "not_implemented_error",
     503: "service_unavailable",
     504: "timeout_error",
 }
@@ -51,8 +54,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_body(status: int, message: str) -> dict[str, dict[str, object]]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "code": status}}
+def error_body(status: int, message: str) -> dict[str, object]:
+    error = {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "code": status}
+    return {"error": error, "detail": message}
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

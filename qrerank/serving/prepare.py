@@ -16,7 +16,7 @@ import numpy as np
 from qrerank.embedder import Embedder
 from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.serving.errors import ApiError
-from qrerank.serving.tokens import TokenCounter
+from qrerank.serving.tokens import InputTooLong, TokenCounter
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,54 @@ def embed_work(
     counter: TokenCounter,
     embedder: Embedder,
     texts: Sequence[str],
+    *,
     instruction: str | None,
+    prompt: str | None,
     dim: int | None,
     normalize: bool,
     truncate: bool,
     field: str,
+    dim_field: str,
 ) -> EmbedWork:
+    """`prompt`: a text put before each input (a sentence-transformers prompt)."""
+    if prompt is not None:  # LEAD: EmbedRequest(prompt=...) once it exists; it tokenizes prompt + text the same
+        texts = [prompt + text for text in texts]
     with _input_errors():
         request = EmbedRequest(texts, instruction, dim, normalize)
-    try:
-        embedder.check(request)
-    except ValueError as err:
-        raise ApiError(422, f"dimensions: {err}") from None
+    _check_dim(embedder, request, dim_field)
     with _input_errors():
         ids = counter.embed_ids(request.texts, instruction, truncate, field)
     return EmbedWork(request, Tokenized(ids), sum(map(len, ids)))
+
+
+def token_ids_work(
+    embedder: Embedder, sequences: Sequence[Sequence[int]], dim: int | None, truncate: bool, field: str
+) -> EmbedWork:
+    """Texts given as token ids (OpenAI's list-of-ints input): each sequence checked against the vocabulary,
+    cut as a text would be, then `<|endoftext|>` as for text; the texts are their decoding."""
+    prompt = embedder.prompt
+    vocab = min(prompt.tokenizer.get_vocab_size(with_added_tokens=True), embedder.engine.config.vocab_size)
+    ids = []
+    for i, seq in enumerate(sequences):
+        if max(seq) >= vocab:
+            raise ApiError(422, f"{field}[{i}] holds the token id {max(seq)}, outside the vocabulary [0, {vocab})")
+        if len(seq) > prompt.text_budget:
+            if not truncate:
+                raise InputTooLong(field, i, embedder.engine.options.max_length)
+            seq = seq[: prompt.text_budget]
+        ids.append([*seq, prompt.eos_id])
+    texts = prompt.tokenizer.decode_batch([seq[:-1] for seq in ids], skip_special_tokens=False)  # as cut
+    with _input_errors():
+        request = EmbedRequest(texts, None, dim)
+    _check_dim(embedder, request, "dimensions")
+    return EmbedWork(request, Tokenized(ids), sum(map(len, ids)))
+
+
+def _check_dim(embedder: Embedder, request: EmbedRequest, field: str) -> None:
+    try:
+        embedder.check(request)
+    except ValueError as err:
+        raise ApiError(422, f"{field}: {err}") from None
 
 
 @contextlib.contextmanager
