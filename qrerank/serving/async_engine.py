@@ -146,9 +146,10 @@ class AsyncEngine:
             return np.empty((0, request.dim or model.dim), dtype=np.float32)  # type: ignore[union-attr]
         self._ensure_worker(loop)
         self._preparing += 1  # accepted: close() now waits for it
+        submitted = time.perf_counter()  # the wait for company (max_wait_ms) overlaps the tokenizing
         try:
             tokenized, layout = await loop.run_in_executor(None, _prepare, model, request, items, tokenized)
-            job = Job(kind, request, tokenized, layout, loop.create_future())
+            job = Job(kind, request, tokenized, layout, loop.create_future(), submitted)
             self._queue.append(job)
             self._ensure_worker(loop)  # it may have stopped (cancelled) while this request was tokenized
         finally:

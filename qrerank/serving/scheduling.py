@@ -85,7 +85,7 @@ class Job:
     tokenized: Tokenized
     layout: Layout
     future: asyncio.Future
-    submitted: float = field(default_factory=time.perf_counter)
+    submitted: float = field(default_factory=time.perf_counter)  # when its caller submitted it
     cursor: int = 0  # items before it are taken
     queued_at: float = 0.0  # when it last joined the queue
     parts: list[np.ndarray] = field(default_factory=list)  # results of its slices, in item order
