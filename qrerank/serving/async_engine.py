@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -33,12 +32,12 @@ import numpy as np
 from qrerank.embedder import Embedder
 from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.reranker import Reranker
+from qrerank.serving.health import EngineHealth, WorkerRecord
 from qrerank.serving.scheduling import Job, Layout, Slice, take_pass
 from qrerank.validation import check_bool, check_int
 
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH_SEQUENCES = 512
-FAULT_HOLD_S = 10.0  # after a worker fault, health() is not ok for this long unless a pass succeeds first
 
 SCORE, SCORE_RAW, EMBED = "score", "score_raw", "embed"  # requests of one kind share a pass
 
@@ -51,13 +50,6 @@ class EngineClosed(RuntimeError):
 
 class WorkerFault(RuntimeError):
     """The batching worker failed while handling this request (a bug, not the request's fault)."""
-
-
-@dataclass(frozen=True)
-class EngineHealth:
-    ok: bool
-    state: str  # "serving", "faulted", "stopped", "closing" or "closed"
-    reason: str = ""
 
 
 class BatchObserver(Protocol):
@@ -107,7 +99,6 @@ class AsyncEngine:
         self.embedder = embedder
         self.max_wait_s = max_wait_ms / 1000
         self.max_batch_sequences = check_int(max_batch_sequences, "max_batch_sequences", 1)
-        self.faults = 0  # worker faults survived so far
         self._observer = observer
         self._queue: deque[Job] = deque()
         self._arrived = asyncio.Event()  # set on each submission and on close; cleared by the worker
@@ -115,8 +106,7 @@ class AsyncEngine:
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._handling: list[Job] = []  # the jobs of the pass being run: those a worker fault fails
-        self._last_fault: tuple[float, BaseException] | None = None  # (time.monotonic(), error)
-        self._last_pass = 0.0  # time.monotonic() of the last pass that succeeded
+        self._record = WorkerRecord()
         self._preparing = 0  # accepted requests being tokenized, not queued yet
         self._closing = self._closed = False
 
@@ -189,20 +179,14 @@ class AsyncEngine:
         return await self.submit(EmbedRequest(texts, instruction, dim, normalize), tokenized=tokenized)
 
     def health(self) -> EngineHealth:
-        """Whether the engine takes and answers requests now, and if not why."""
-        if self._closed:
-            return EngineHealth(False, "closed", "the engine is closed")
-        if self._closing:
-            return EngineHealth(False, "closing", "the engine is finishing its queued requests and takes no more")
-        if self._worker is not None and self._worker.done():
-            return EngineHealth(False, "stopped", "the batching worker stopped; the next request restarts it")
-        if self._last_fault is not None:
-            when, error = self._last_fault
-            age = time.monotonic() - when
-            if when > self._last_pass and age < FAULT_HOLD_S:
-                reason = f"the batching worker failed {age:.1f} s ago ({error!r}) and restarted; no pass since"
-                return EngineHealth(False, "faulted", reason)
-        return EngineHealth(True, "serving")
+        """Whether the engine takes and answers requests now, and if not why (health.py)."""
+        stopped = self._worker is not None and self._worker.done()
+        return self._record.health(self._closing, self._closed, stopped)
+
+    @property
+    def faults(self) -> int:
+        """Worker faults survived so far."""
+        return self._record.faults
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued and running one, then stop the worker thread."""
@@ -254,8 +238,7 @@ class AsyncEngine:
                 fault.__cause__ = err
                 for job in failed:
                     self._fail(job, fault)
-                self.faults += 1
-                self._last_fault = (time.monotonic(), err)
+                self._record.fault(err)
                 logger.error("AsyncEngine worker fault; %d request(s) failed, serving on", len(failed), exc_info=err)
             except BaseException:  # cancelled with its event loop: nobody will run the queue any more
                 for job in list(self._queue):
@@ -316,7 +299,7 @@ class AsyncEngine:
                 if not piece.job.future.done():
                     await self._run(kind, [piece])
             return
-        self._last_pass = time.monotonic()
+        self._record.passed()
         if self._observer is not None:
             sequences = sum(piece.sequences for piece in slices)
             waits = [piece.waited for piece in slices]
