@@ -16,6 +16,8 @@ from itertools import chain
 import numpy as np
 import torch
 
+ALIGN_BYTES = 16  # every tensor `pack` produces starts on this boundary (see _stage)
+
 
 @dataclass(frozen=True)
 class Part:
@@ -158,36 +160,50 @@ def pack(
     if pad_to is not None:
         last_tokens = np.concatenate([last_tokens, np.zeros(pad_to[1] - n_out, dtype=np.int64)])
 
-    # Two staging buffers (int64, int32) -> two host-to-device copies per micro-batch.
-    wide = np.concatenate(
-        [
-            np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total),  # input_ids
-            np.arange(total, dtype=np.int64) - token_first_position,  # positions
-            last_tokens,
-            indices,  # rows
-        ]
-    )
+    input_ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
+    positions = np.arange(total, dtype=np.int64) - token_first_position
+    if pad_to is not None:
+        # The padding sequence is never read: position 0 keeps its RoPE lookups inside the table however
+        # short max_length is (it can hold up to a whole bucket of tokens when a graph is captured).
+        positions[total - spare :] = 0
     shared = pad_to is not None or any(part.prefix_len for part in parts)
-    narrow_parts = [cu_seqlens.astype(np.int32)]
+    narrow = [cu_seqlens.astype(np.int32)]
     if shared:
         prefix_idx = np.asarray(prefix_of, dtype=np.int64)
         has_prefix = prefix_idx >= 0
-        narrow_parts.append(np.where(has_prefix, cu_seqlens[prefix_idx], 0).astype(np.int32))  # prefix_offsets
-        narrow_parts.append(np.where(has_prefix, lengths[prefix_idx], 0).astype(np.int32))  # prefix_lens
-    wide_t, narrow_t = _to_device(wide, device), _to_device(np.concatenate(narrow_parts), device)
-    n_seq = len(lengths)
-    input_ids, positions, last_t, rows = wide_t.split([total, total, len(last_tokens), n_out])
+        narrow.append(np.where(has_prefix, cu_seqlens[prefix_idx], 0).astype(np.int32))  # prefix_offsets
+        narrow.append(np.where(has_prefix, lengths[prefix_idx], 0).astype(np.int32))  # prefix_lens
+    # Two staging buffers (int64, int32) -> two host-to-device copies per micro-batch.
+    input_ids_t, positions_t, last_t, rows = _stage([input_ids, positions, last_tokens, indices], device)
+    narrow_t = _stage(narrow, device)
     return PackedBatch(
-        input_ids=input_ids,
-        positions=positions,
-        cu_seqlens=narrow_t[: n_seq + 1],
+        input_ids=input_ids_t,
+        positions=positions_t,
+        cu_seqlens=narrow_t[0],
         max_seqlen=int(lengths.max()),
-        prefix_offsets=narrow_t[n_seq + 1 : 2 * n_seq + 1] if shared else None,
-        prefix_lens=narrow_t[2 * n_seq + 1 :] if shared else None,
+        prefix_offsets=narrow_t[1] if shared else None,
+        prefix_lens=narrow_t[2] if shared else None,
         last_tokens=last_t,
         rows=rows,
         indices=indices,
     )
+
+
+def _stage(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """`arrays` (one dtype) in one buffer copied to `device` at once, returned as views of it.
+
+    Each view starts ALIGN_BYTES-aligned (the buffer itself comes from an allocator that aligns further):
+    Triton specialises a kernel on whether each pointer argument is 16-byte aligned, so a slice at an odd
+    offset would compile another variant of the kernel the first time it happens, in the middle of serving.
+    """
+    step = ALIGN_BYTES // arrays[0].itemsize
+    starts = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum([-(-len(a) // step) * step for a in arrays], out=starts[1:])
+    buffer = np.zeros(int(starts[-1]), dtype=arrays[0].dtype)
+    for start, array in zip(starts.tolist(), arrays):
+        buffer[start : start + len(array)] = array
+    staged = _to_device(buffer, device)
+    return [staged[start : start + len(array)] for start, array in zip(starts.tolist(), arrays)]
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -23,9 +23,9 @@ MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 class Embedder:
     """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device.
 
-    `max_length`, `backend`, `share_prefix` and `cuda_graphs` as for Reranker; a request's texts form one
-    group, so an instruction's tokens are computed once per micro-batch. A sentence-transformers folder's
-    named prompts are `prompts`; one whose modules pool other than by the last token is refused.
+    `max_length`, `backend`, `share_prefix`, `cuda_graphs` and `warmup` as for Reranker; a request's texts
+    form one group, so an instruction's tokens are computed once per micro-batch. A sentence-transformers
+    folder's named prompts are `prompts`; one whose modules pool other than by the last token is refused.
     """
 
     def __init__(
@@ -39,9 +39,10 @@ class Embedder:
         backend: str | None = None,
         share_prefix: bool = True,
         cuda_graphs: bool | None = None,
+        warmup: bool | None = None,
     ) -> None:
         options = EngineOptions.validate(
-            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
+            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs, warmup
         )
         ckpt = Checkpoint.open(model)
         options = options.fit(ckpt.config)

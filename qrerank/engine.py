@@ -57,6 +57,7 @@ class EngineOptions:
     backend: str  # "triton": qrerank.kernels; "torch": the reference twins (debugging, comparison)
     share_prefix: bool  # compute a group's common token prefix once per micro-batch
     cuda_graphs: bool  # replay small micro-batches from captured CUDA graphs
+    warmup: bool  # compile every kernel and capture every graph at construction, not on the first requests
 
     @classmethod
     def validate(
@@ -68,6 +69,7 @@ class EngineOptions:
         backend: str | None = None,
         share_prefix: bool = True,
         cuda_graphs: bool | None = None,
+        warmup: bool | None = None,
     ) -> EngineOptions:
         resolved = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved)
@@ -88,6 +90,7 @@ class EngineOptions:
             backend=backend,
             share_prefix=check_bool(share_prefix, "share_prefix"),
             cuda_graphs=cuda_graphs,
+            warmup=resolved.type == "cuda" if warmup is None else check_bool(warmup, "warmup"),
         )
 
     def fit(self, config: ModelConfig) -> EngineOptions:
@@ -112,6 +115,8 @@ class Engine:
         self.model = Qwen3(ckpt.config, weights, ops_for(options.backend), max_positions=options.max_length)
         self._graphs = CudaGraphs(self.model) if options.cuda_graphs else None
         self._lock = threading.Lock()
+        if options.warmup:
+            self.warmup()
 
     @property
     def head_rows(self) -> torch.Tensor:
@@ -138,6 +143,22 @@ class Engine:
                 if progress is not None:
                     progress.update(sum(len(part.members) for part in parts))
         return out
+
+    def warmup(self) -> None:
+        """Do now what the first requests would otherwise wait for: compile every kernel variant (one eager
+        batch with a shared prefix and one without) and capture every CUDA-graph bucket this engine's
+        max_batch_tokens and max_length can reach. On CUDA with the default options it runs at construction."""
+        options = self.options
+        assert options.max_length is not None  # set by fit()
+        eager = [([[0], [1]], 0)]  # two sequences sharing nothing
+        if options.max_length >= 2:  # a shared prefix leaves each sequence a token of its own
+            eager.append(([[0, 1], [0, 2]], 1))
+        with self._lock:
+            for sequences, prefix in eager:
+                self.model.forward(pack(sequences, [Part(np.arange(2), prefix)], options.device))
+            if self._graphs is not None:
+                for bucket in self._graphs.buckets(options.max_batch_tokens, options.max_length):
+                    self._graphs.capture(bucket)
 
     def check_tokenized(self, tokenized: Sequence[Tokenized], sizes: Sequence[int]) -> None:
         """Token ids supplied by a caller (one Tokenized per request) must fit the requests and the model:

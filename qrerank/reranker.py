@@ -25,6 +25,8 @@ class Reranker:
     `backend`: "triton" (qrerank's kernels; the default on CUDA) or "torch" (reference ops; the
     default on CPU). `share_prefix`: run the token prefix common to one query's documents once.
     `cuda_graphs`: replay small batches from captured CUDA graphs (default: on with CUDA and triton).
+    `warmup`: compile the kernels and capture the graphs at construction (default: on with CUDA), not
+    during the first requests; `engine.warmup()` does it later.
     """
 
     def __init__(
@@ -38,9 +40,10 @@ class Reranker:
         backend: str | None = None,
         share_prefix: bool = True,
         cuda_graphs: bool | None = None,
+        warmup: bool | None = None,
     ) -> None:
         options = EngineOptions.validate(
-            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
+            device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs, warmup
         )
         ckpt = Checkpoint.open(model)
         options = options.fit(ckpt.config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -15,6 +16,29 @@ if not torch.cuda.is_available():
 
 from qrerank import Embedder, Reranker
 from qrerank.testing import random_checkpoint
+
+
+def _fix_triton_36_interpreter_for_numpy_24() -> None:
+    """Triton 3.6's interpreter turns a scalar loop bound into a Python int with int() on its 1-element
+    array, which numpy 2.4 refuses ("only 0-dimensional arrays can be converted to Python scalars"), so
+    every kernel with a data-dependent loop fails. Triton 3.9 squeezes the array first
+    (triton-lang/triton#9171); this installs that same __index__ where the interpreter still has the old one.
+    """
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or "squeeze" in inspect.getsource(patch_tensor):
+        return  # a Triton without the bug
+
+    def patch_with_squeeze(tensor: type, scope: object) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))  # type: ignore[attr-defined]
+
+    interpreter._patch_lang_tensor = patch_with_squeeze
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _fix_triton_36_interpreter_for_numpy_24()
 
 
 @pytest.fixture(scope="session")

@@ -157,6 +157,39 @@ def test_pack_every_planned_batch_reassembles_the_input() -> None:
     assert seen == dict(enumerate(sequences))
 
 
+def test_every_packed_tensor_is_16_byte_aligned() -> None:
+    """Triton compiles a kernel variant per pointer alignment: an unaligned slice would stall serving on a compile."""
+    rng = np.random.default_rng(5)
+    for seqs in range(1, 14):
+        for prefix in (0, 1, 2, 3):
+            lengths = rng.integers(1, 9, size=seqs) + prefix
+            sequences = [[7] * prefix + rng.integers(0, 1000, size=n - prefix).tolist() for n in lengths]
+            parts = [Part(np.arange(seqs), shared_prefix_len(sequences) if prefix else 0)]
+            tokens = sum(map(len, sequences)) - parts[0].prefix_len * (seqs - 1)
+            for pad_to in (None, (tokens + int(rng.integers(0, 3)), seqs + 1 + int(rng.integers(1, 5)))):
+                batch = pack(sequences, parts, CPU, pad_to)
+                for field in (
+                    "input_ids",
+                    "positions",
+                    "cu_seqlens",
+                    "prefix_offsets",
+                    "prefix_lens",
+                    "last_tokens",
+                    "rows",
+                ):
+                    tensor = getattr(batch, field)
+                    if tensor is not None:
+                        assert tensor.data_ptr() % 16 == 0, (field, seqs, prefix, pad_to, tensor.storage_offset())
+
+
+def test_padding_tokens_sit_at_position_0() -> None:
+    """A padding sequence may be longer than max_length (a graph captured from a 1-token batch); its
+    positions index the RoPE table, so they must stay in range."""
+    batch = pack([[5, 6, 7]], [Part(np.array([0]), 0)], CPU, pad_to=(512, 8))
+    assert batch.positions.tolist() == [0, 1, 2] + [0] * 509
+    assert batch.input_ids.tolist() == [5, 6, 7] + [0] * 509
+
+
 def _mixed_texts(seed: int, n: int, max_words: int) -> list[str]:
     rng = np.random.default_rng(seed)
     words = ["alpha", "beta", "gamma", "retrieval", "qwen", "pack", "Tokyo", "的", "🙂", "x9", "\n", "déjà"]

@@ -3,11 +3,14 @@ itself repacked, padded into CUDA graphs and with shared prefixes. Skipped witho
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import triton
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qrerank import Embedder, Reranker
@@ -79,7 +82,7 @@ def test_cuda_packing_invariance(reranker_dir: Path) -> None:
 
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 def test_cuda_graph_replay_equals_eager(reranker_dir: Path, dtype: torch.dtype, atol: float) -> None:
-    graphed = _reranker(reranker_dir, dtype, cuda_graphs=True, max_batch_tokens=1024)
+    graphed = _reranker(reranker_dir, dtype, cuda_graphs=True, max_batch_tokens=1024, warmup=False)
     eager = _reranker(reranker_dir, dtype, cuda_graphs=False, max_batch_tokens=1024)
     for query, docs in [("q", DOCS[:2]), ("capital?", MANY_DOCS[:9]), ("q", DOCS[:2]), ("gravity", MANY_DOCS[20:27])]:
         np.testing.assert_allclose(graphed.score(query, docs, raw=True), eager.score(query, docs, raw=True), atol=atol)
@@ -105,3 +108,54 @@ def test_forward_never_waits_for_the_device(reranker_dir: Path, cuda_graphs: boo
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(hidden).all()
+
+
+def test_warmup_leaves_nothing_to_compile_or_capture_for_requests(reranker_dir: Path) -> None:
+    """After the warm-up at construction, requests of any size (odd token and sequence counts, with and
+    without a shared prefix, graphed and eager) neither capture a graph nor compile a Triton kernel."""
+    ours = _reranker(reranker_dir, torch.bfloat16, max_batch_tokens=4096)  # batches above 2048 tokens run eagerly
+    graphs = ours.engine._graphs
+    assert graphs is not None and sorted(graphs._graphs) == graphs.buckets(4096, 256)
+    captured, compiled = len(graphs._graphs), []
+    triton.knobs.runtime.jit_post_compile_hook = lambda *args, **kwargs: compiled.append(kwargs.get("repr"))
+    try:
+        for docs in (MANY_DOCS[:n] for n in (1, 2, 3, 5, 8, 13, 21, 34, 60)):
+            ours.score("capital?", docs)
+            ours.score_pairs([(f"q{i}", d) for i, d in enumerate(docs)])  # no shared prefix
+        ours.score("capital?", MANY_DOCS * 2)  # eager, with a shared prefix
+        torch.cuda.synchronize()
+    finally:
+        triton.knobs.runtime.jit_post_compile_hook = None
+    assert compiled == [] and len(graphs._graphs) == captured
+
+
+def test_graph_capture_while_other_threads_use_the_device(reranker_dir: Path) -> None:
+    """First captures (no warm-up) on several threads while other threads allocate, multiply and copy to
+    the host, as concurrent callers' post-processing does: thread-local capture mode keeps that legal."""
+    graphed = _reranker(reranker_dir, torch.bfloat16, warmup=False)
+    eager = _reranker(reranker_dir, torch.bfloat16, cuda_graphs=False)
+    work = [("q", MANY_DOCS[i : i + 1 + i % 11]) for i in range(24)]
+    expected = [eager.score(q, docs, raw=True) for q, docs in work]
+    stop, errors = threading.Event(), []
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                x = torch.randn(512, 512, device="cuda")
+                (x @ x).sum().cpu()
+        except Exception as error:  # reported below: an exception here is the failure being tested
+            errors.append(error)
+
+    others = [threading.Thread(target=churn) for _ in range(2)]
+    for thread in others:
+        thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            got = list(pool.map(lambda request: graphed.score(*request, raw=True), work))
+    finally:
+        stop.set()
+        for thread in others:
+            thread.join()
+    assert not errors, errors
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_allclose(ours, theirs, atol=5e-2)

@@ -59,10 +59,18 @@ def test_no_register_spills(results: list[dict[str, Any]]) -> None:
     assert not spilled, "\n".join(spilled)
 
 
+def test_every_attention_dtype_is_compiled(results: list[dict[str, Any]]) -> None:
+    names = [r["name"] for r in results if r["module"] == "attention"]
+    for dtype in ("bf16", "fp16", "fp32"):
+        assert any(f",{dtype}" in name for name in names), f"no {dtype} attention configuration compiled"
+
+
 def test_attention_uses_wgmma_on_sm90(results: list[dict[str, Any]]) -> None:
     attention = [r for r in results if r["module"] == "attention" and r["arch"] == 90 and not r["error"]]
     assert attention, "no compiled sm_90 attention configuration"
-    missing = [r["name"] for r in attention if not r["wgmma"]]
+    # fp32 at D = 128 runs 16-row mma.sync tiles by design: no wgmma tile of its tf32x3 dots fits the
+    # registers (the tile table in kernels/attention.py); every other configuration must use wgmma.
+    missing = [r["name"] for r in attention if not r["wgmma"] and not ("D=128" in r["name"] and "fp32" in r["name"])]
     assert not missing, (
         f"no wgmma in the sm_90 PTX of {missing}: Triton lowers tl.dot to Hopper warpgroup MMAs only when "
         "the operands are 16-bit (or fp8/tf32), num_warps is a multiple of 4 and the M tile gives each "

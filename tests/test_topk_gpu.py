@@ -99,6 +99,7 @@ def test_odd_layouts_and_current_stream() -> None:
     corpus = base[:, :100]  # d = 100: rows 224 bytes apart (aligned), no copy
     queries = make(40, 104, torch.bfloat16, True, 6)[:, 3:103]  # misaligned start: padded copy
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
     with torch.cuda.stream(stream):
         scores, rows = topk(queries, corpus, 50, backend="cuda")
     stream.synchronize()
