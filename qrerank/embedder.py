@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from qrerank.checkpoint import Checkpoint
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
-from qrerank.prompts import EmbeddingPrompt
+from qrerank.prompts import SPECIAL_TOKENS, EmbeddingPrompt
 from qrerank.requests import EmbedRequest, Tokenized
-from qrerank.validation import check_bool, check_int
+from qrerank.validation import check_bool, check_choice, check_int
 
 MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 
@@ -22,8 +22,9 @@ MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 class Embedder:
     """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device.
 
-    `backend`, `share_prefix` and `cuda_graphs` as for Reranker; a request's texts form one group, so an
-    instruction's tokens are computed once per micro-batch.
+    `backend`, `share_prefix`, `cuda_graphs` and `special_tokens` as for Reranker; a request's texts form one
+    group, so an instruction's tokens are computed once per micro-batch. The `<|endoftext|>` that the recipe
+    appends is the template's: a text's own `<|endoftext|>` stays one too under "parse".
     """
 
     def __init__(
@@ -37,12 +38,14 @@ class Embedder:
         backend: str | None = None,
         share_prefix: bool = True,
         cuda_graphs: bool | None = None,
+        special_tokens: str = "parse",
     ) -> None:
         options = EngineOptions.validate(
             device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs
         )
+        check_choice(special_tokens, "special_tokens", SPECIAL_TOKENS)
         ckpt = Checkpoint.open(model)
-        self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length)
+        self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length, special_tokens)
         self.engine = Engine(ckpt, options)
 
     @property

@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from qrerank.requests import EmbedRequest, Tokenized
+from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.serving.async_engine import AsyncEngine
 from qrerank.serving.body import read_request
 from qrerank.serving.errors import ApiError
@@ -147,11 +147,12 @@ class Routes:
         counter = self.embed_tokens
 
         async def run() -> tuple[np.ndarray, int]:
-            ids = await asyncio.to_thread(counter.embed_ids, texts, instruction, truncate, field)
+            request = EmbedRequest(texts, instruction, dim, normalize)
+            tokenized = await asyncio.to_thread(counter.embed_tokens, request, truncate, field)
             vectors = await self.engine.embed(
-                texts, instruction=instruction, dim=dim, normalize=normalize, tokenized=Tokenized(ids)
+                texts, instruction=instruction, dim=dim, normalize=normalize, tokenized=tokenized
             )
-            return vectors, sum(map(len, ids))
+            return vectors, tokenized.tokens
 
         vectors, tokens = await self._within_timeout(run())
         self.metrics.tokens.labels(self.options.embedder_name).inc(tokens)
@@ -169,24 +170,24 @@ class Routes:
             by_query.setdefault(query, []).append(i)
         counter = self.rerank_tokens
 
+        def count() -> list[Tokenized]:
+            return [
+                counter.score_tokens(ScoreRequest(q, [docs[i] for i in idx], instruction), truncate, "documents", idx)
+                for q, idx in by_query.items()
+            ]
+
         async def run() -> tuple[np.ndarray, int]:
-            ids = await asyncio.to_thread(counter.score_ids, pairs, docs, instruction, truncate, "documents")
+            tokenized = await asyncio.to_thread(count)
             parts = await asyncio.gather(
                 *(
-                    self.engine.score(
-                        query,
-                        [docs[i] for i in idx],
-                        instruction=instruction,
-                        raw=raw,
-                        tokenized=Tokenized([ids[i] for i in idx]),
-                    )
-                    for query, idx in by_query.items()
+                    self.engine.score(query, [docs[i] for i in idx], instruction=instruction, raw=raw, tokenized=t)
+                    for (query, idx), t in zip(by_query.items(), tokenized, strict=True)
                 )
             )
             scores = np.empty(len(docs), dtype=np.float32)
             for idx, values in zip(by_query.values(), parts, strict=True):
                 scores[idx] = values
-            return scores, sum(map(len, ids))
+            return scores, sum(t.tokens for t in tokenized)
 
         scores, tokens = await self._within_timeout(run())
         self.metrics.tokens.labels(self.options.reranker_name).inc(tokens)
