@@ -61,6 +61,7 @@ class RerankerPrompt:
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, special_tokens: str = "parse") -> None:
         self.tokenizer = tokenizer
+        self.special_tokens = special_tokens
         self.encoder = text_encoder(tokenizer, special_tokens)
         self.prefix_ids: list[int] = tokenizer.encode(RERANK_PREFIX, add_special_tokens=False).ids
         self.suffix_ids: list[int] = tokenizer.encode(RERANK_SUFFIX, add_special_tokens=False).ids
@@ -75,8 +76,11 @@ class RerankerPrompt:
         if yes is None or no is None:
             raise ValueError("the tokenizer has no 'yes'/'no' tokens, so this checkpoint cannot be a Qwen3 reranker")
         self.yes_no_ids = (yes, no)
+        # The cut between the head's ":" and the document's space reads only those two characters, and an
+        # added token could cover them only by containing them.
         sample = RERANK_HEAD.format(instruction="", query="") + " x"
-        self._head_apart = self.encoder.hard_cut(sample, len(sample) - 2)
+        added = self.encoder.tokenizer.get_added_tokens_decoder().values()
+        self._head_apart = self.encoder.hard_cut(sample, len(sample) - 2) and not any(": " in t.content for t in added)
 
     def encode(self, pairs: Sequence[tuple[str, str]], instruction: str | None) -> list[list[int]]:
         """The recipe's ids of each (query, document) pair."""
@@ -145,6 +149,7 @@ class EmbeddingPrompt:
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, special_tokens: str = "parse") -> None:
         self.tokenizer = tokenizer
+        self.special_tokens = special_tokens
         self.encoder = text_encoder(tokenizer, special_tokens)
         eos = tokenizer.token_to_id(END_OF_TEXT)
         if eos is None:
