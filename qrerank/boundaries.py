@@ -8,7 +8,8 @@ pre-token is byte-level BPE-encoded on its own. A position `c` is a *hard cut* o
 
 whatever follows. (1) holds when none of the three stages joins text across `c`:
 
-- no added-token occurrence covers both `text[c - 1]` and `text[c]`;
+- added tokens: either an occurrence starts at `c` and none covers both `text[c - 1]` and `text[c]`
+  (then `c` ends a stretch), or none lies within NFC_CONTEXT of `c` (then `c` is inside one);
 - NFC: the first character of NFD(text[c]) is a starter (combining class 0) that is the second
   character of no canonical composition, so nothing before `c` reorders or composes with what
   follows (`nfc_cut`). The characters the pattern sees on either side, `x` and `y`, are then the
@@ -18,20 +19,21 @@ whatever follows. (1) holds when none of the three stages joins text across `c`:
   and its trailing newlines, a whitespace run) and stops at the first character outside it, or
   reads at most three characters (the contractions). So the pre-tokens before `c` are decided
   without reading past `c`, and the same as at the end of the text, when `x` ends its run and `y`
-  cannot continue it, case by case (`_PATTERN_CUTS`):
+  cannot continue it, case by case (`hard_cut`):
     x a digit                    `\\p{N}` takes one character; nothing else takes a digit.
     y a digit, x not whitespace  likewise; a whitespace run before a digit is not settled
                                  (`\\s+(?!\\S)` keeps its last space when a non-space follows).
     x a letter, y not a letter   `\\p{L}+` stops, and contractions end in a letter.
-    x other, y a space           a punctuation run stops and `[\\r\\n]*` takes no space.
-    x a newline, y not space     `\\s*[\\r\\n]+` and `[\\r\\n]*` stop at a non-space, which
+    x other, y a space           a punctuation run stops and `[\\r\\n]*` takes no space (other: not a
+                                 letter, digit or whitespace).
+    x a newline, y not a space   `\\s*[\\r\\n]+` and `[\\r\\n]*` stop at a non-space, which
                                  `[^\\r\\n\\p{L}\\p{N}]?` cannot take after a newline either.
   The pattern has no lookbehind, so the pre-tokens from `c` on are those of `text[c:]`.
 
-Proven here, then, is (1) at the cuts `hard_cut` accepts; `tests/test_boundaries.py` checks the
-case analysis against the real tokenizer on every pair of character classes and on adversarial
-texts. Character classes are not taken from Python's Unicode tables (their version may differ from
-the tokenizer's regex engine) but asked of the tokenizer's own pre-tokenizer (`char_class`).
+Proven here, then, is (1) at the cuts `hard_cut` accepts; `tests/test_bounded.py` checks it, and
+`long_run`, against the real tokenizer at every position of thousands of adversarial texts. Character
+classes are not taken from Python's Unicode tables (their version may differ from the tokenizer's regex
+engine) but asked of the tokenizer's own pre-tokenizer (`char_class`).
 
 A pre-token can also be megabytes long (a run of letters, CJK without punctuation, emoji, spaces):
 `long_run` says when the last pre-token of a window is the prefix of a longer one; the cut inside it
@@ -133,14 +135,17 @@ class TextBoundaries:
             return SPACE
         return OTHER
 
-    def inside_added_token(self, text: str, c: int) -> bool:
-        """Whether an occurrence of an added token covers text[c - 1] and text[c]."""
-        return any(text.find(a, max(c - len(a) + 1, 0), c + len(a) - 1) >= 0 for a in self._added)
+    def _added_token_near(self, text: str, c: int) -> bool:
+        """Whether an added token occurs within NFC_CONTEXT characters of `c`."""
+        return any(text.find(a, max(c - NFC_CONTEXT - len(a), 0), c + NFC_CONTEXT + len(a)) >= 0 for a in self._added)
 
     def hard_cut(self, text: str, c: int) -> bool:
         """Equation (1) of the module docstring holds at `c` (0 < c < len(text))."""
+        if self._added_token_near(text, c):  # then only where an added token's match must start
+            spans = any(text.find(a, max(c - len(a) + 1, 0), c + len(a) - 1) >= 0 for a in self._added)
+            return not spans and any(text.startswith(a, c) for a in self._added)
         around = neighbours(text, c, 1)
-        if around is None or self.inside_added_token(text, c):
+        if around is None:
             return False
         x, y = (self.char_class(ch) for ch in around)
         return (
@@ -155,17 +160,19 @@ class TextBoundaries:
         """Whether the pre-token text[start:end], the last of the window text[:end], is the beginning of a
         pre-token of `text` (maybe all of it), and the pre-tokens before `start` are settled.
 
-        True when the characters around `end` (NFC) are three of one run class and `end` is a cut for NFC
-        and added tokens. Letters: the match is `[^\\r\\n\\p{L}\\p{N}]?\\p{L}+` in both texts, running on
+        True when the characters around `end` (NFC) are three of one run class, `end` is a cut for NFC and
+        no added token is near. Letters: the match is `[^\\r\\n\\p{L}\\p{N}]?\\p{L}+` in both texts, running on
         in `text`. Other: ` ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*` likewise. Whitespace: the match in `text` takes at
         least as much (the last newline of a longer run is later; `\\s+(?!\\S)` leaves only the run's last
         character, two or more past `end`); and an earlier pre-token of the same whitespace run, whose
-        match read the whole run, is ruled out by requiring the run to start at or after `start`. The
-        other pre-tokens before `start` stopped reading at the first character outside their run.
-        More than three characters: not a contraction.
+        match read the whole run to take up to its last newline, is settled only if the run starts at or
+        after `start`, or has no newline after `end`. The other pre-tokens before `start` stopped reading
+        at the first character outside their run. More than three characters: not a contraction.
         """
+        if end - start <= 3 or self._added_token_near(text, end):
+            return False
         around = neighbours(text, end, 2)
-        if end - start <= 3 or around is None or self.inside_added_token(text, end):
+        if around is None:
             return False
         classes = {self.char_class(ch) for ch in around[0] + around[1]}
         if classes <= {LETTER} or classes <= {OTHER}:

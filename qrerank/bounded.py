@@ -9,14 +9,15 @@ The ids are exactly those of encoding the whole text and cutting (BPE merges at 
 3. Or the wanted tokens lie in the window's last pre-token, which runs on past the window
    (`TextBoundaries.long_run`, e.g. megabytes of letters without a space). Inside one pre-token BPE
    decides, and BPE has a local certificate (the properties of the `bpe` crate of github/rust-gems,
-   re-derived for merge-rank BPE with leftmost tie-breaking, which is what tokenizers runs): a token
-   sequence is the BPE encoding of its text iff every adjacent pair is (`compatible`); any infix of an
-   encoding is an encoding. So if the window's tokens of the pre-token are `e_1..e_n`, then for
-   `j <= n`, `e_1..e_j` is the encoding of its bytes, and it begins the pre-token's full encoding if
-   `e_j` is compatible with the first token `f` of the encoding of the bytes that follow. `f` is not
-   known without the rest of the text, but it is one of the tokens spelling a prefix of those bytes
-   whose own encoding is themselves; `_bpe_cut` checks `e_j` against every such candidate (the
-   window holds the longest token's length of bytes past the cut).
+   re-derived for merge-rank BPE with leftmost tie-breaking, which is what tokenizers runs): any infix
+   of an encoding is the encoding of its bytes, and two encodings that share a token at the joint,
+   or meet at a pair that is itself an encoding, concatenate into an encoding. So if the window's
+   tokens of the pre-token are `e_1..e_n`, then `e_1..e_j` is the encoding of its bytes, and it
+   begins the pre-token's full encoding if (`e_j`, `f`) is an encoding, `f` the first token of the
+   encoding of the bytes that follow. `f` is not known without the rest of the text, but it spells a
+   prefix of those bytes, encodes to itself, and pairs with a successor that does the same
+   (`LOOKAHEAD`); `_bpe_cut` checks `e_j` against every such candidate (the window holds a longest
+   token's length of bytes past the candidates, so none is missed).
 4. Otherwise grow the window; at the end of the text the encoding is the whole text's.
 
 So the result is exact by construction; what is checked at run time is which cuts the proofs admit.

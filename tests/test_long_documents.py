@@ -3,14 +3,16 @@ max_tokens_per_doc cuts a document's own tokens; both through score, rank, score
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from qrerank import Reranker, ScoreRequest, Tokenized
+from qrerank import AsyncEngine, Reranker, ScoreRequest, Tokenized
 from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_HEAD
+from qrerank.serving.tokens import TokenCounter
 
 QUERY = "Where is the Eiffel tower?"
 LONG = (
@@ -64,10 +66,12 @@ def test_chunked_score_is_the_best_window_scored_alone(
 ) -> None:
     request = ScoreRequest(QUERY, DOCS, max_chunks_per_doc=5)
     tokenized = reranker.tokenize(request)
-    alone = reranker.score_batch(
-        [ScoreRequest(QUERY, ["x"]) for _ in tokenized.ids], raw=True, tokenized=[Tokenized([s]) for s in tokenized.ids]
-    )
-    windows = np.concatenate(alone)
+    windows = np.array(
+        [
+            reranker.score_batch([ScoreRequest(QUERY, ["x"])], raw=True, tokenized=[Tokenized([s])])[0][0]
+            for s in tokenized.ids
+        ]
+    )  # each window in a pass of its own
     expected = np.array([windows[tokenized.owners == item].max() for item in range(len(DOCS))])
     for model in (reranker, unshared, small_batches):  # shared prefix or not, many micro-batches or few
         got = model.score(QUERY, DOCS, raw=True, max_chunks_per_doc=5)
@@ -98,3 +102,16 @@ def test_long_document_options_are_checked() -> None:
         ScoreRequest(QUERY, DOCS, max_chunks_per_doc=0)
     with pytest.raises(TypeError, match=r"max_tokens_per_doc must be an int, got str"):
         ScoreRequest(QUERY, DOCS, max_tokens_per_doc="9")  # type: ignore[arg-type]
+
+
+def test_a_server_gets_windows_without_knowing_them(reranker: Reranker) -> None:
+    """The server's token counter makes the windows; AsyncEngine runs them like any other sequences."""
+    request = ScoreRequest(QUERY, DOCS, max_chunks_per_doc=5)
+    tokenized = TokenCounter(reranker).score_tokens(request, truncate=False, field="documents")
+
+    async def main() -> np.ndarray:
+        async with AsyncEngine(reranker, max_wait_ms=0) as engine:
+            return await engine.score(QUERY, DOCS, raw=True, tokenized=tokenized)
+
+    expected = reranker.score(QUERY, DOCS, raw=True, max_chunks_per_doc=5)
+    np.testing.assert_allclose(asyncio.run(main()), expected, rtol=0, atol=1e-6)
