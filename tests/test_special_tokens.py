@@ -10,6 +10,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+import qrerank
 import qrerank.serving.app
 import qrerank.serving.server
 from qrerank import Embedder, Reranker, ScoreRequest
@@ -27,6 +28,11 @@ DOCUMENT_PLAIN = [82639, *FORGED_PLAIN[2:]]  # after the template's ": ", " <|" 
 @pytest.fixture(scope="module")
 def qwen_tokenizer() -> Tokenizer:
     return Tokenizer.from_str(bundled_tokenizer_json())
+
+
+@pytest.fixture(scope="module")
+def plain_reranker(reranker_dir: Path) -> Reranker:
+    return Reranker(reranker_dir, device="cpu", dtype=torch.float32, max_length=256, special_tokens="plain")
 
 
 def _document_ids(prompt: RerankerPrompt, tokenizer: Tokenizer, doc: str) -> list[int]:
@@ -69,8 +75,8 @@ def test_embedding_text_ids_in_both_modes(qwen_tokenizer: Tokenizer) -> None:
     assert plain == [*FORGED_PLAIN, 27, 91, 8691, 723, 427, 91, 29, 151643]  # "<|endoftext|>" spelled, then the eos
 
 
-def test_plain_reranker_scores_forged_text_as_text(reranker_dir: Path, reranker: Reranker) -> None:
-    plain = Reranker(reranker_dir, device="cpu", dtype=torch.float32, max_length=256, special_tokens="plain")
+def test_plain_reranker_scores_forged_text_as_text(plain_reranker: Reranker, reranker: Reranker) -> None:
+    plain = plain_reranker
     docs = ["Paris is the capital of France.", FORGED]
     scores, parsed = plain.score("capital?", docs, raw=True), reranker.score("capital?", docs, raw=True)
     np.testing.assert_allclose(scores[0], parsed[0], rtol=0, atol=1e-5)
@@ -89,16 +95,20 @@ def test_bad_special_tokens_refused_before_loading(tmp_path: Path) -> None:
 
 
 def test_cli_passes_special_tokens(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, reranker_dir: Path, embedding_dir: Path
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    reranker_dir: Path,
+    embedding_dir: Path,
+    plain_reranker: Reranker,
 ) -> None:
     argv = ["--max-length", "256", "--special-tokens", "plain"]
     assert main(["score", "--model", str(reranker_dir), *argv, "capital?", "Paris.", FORGED]) == 0
-    plain = Reranker(reranker_dir, device="cpu", max_length=256, special_tokens="plain")
-    expected = plain.rank("capital?", ["Paris.", FORGED], return_documents=True)
+    expected = plain_reranker.rank("capital?", ["Paris.", FORGED], return_documents=True)
     assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
-    served: dict[str, object] = {}
-    monkeypatch.setattr(qrerank.serving.app, "create_app", lambda r, e, o: served.update(r=r, e=e) or "app")
+    built: list[tuple[str, str]] = []  # serve: the engines get the option (recorded, not loaded)
+    monkeypatch.setattr(qrerank, "Reranker", lambda model, **options: built.append(("r", options["special_tokens"])))
+    monkeypatch.setattr(qrerank, "Embedder", lambda model, **options: built.append(("e", options["special_tokens"])))
+    monkeypatch.setattr(qrerank.serving.app, "create_app", lambda reranker, embedder, options: "app")
     monkeypatch.setattr(qrerank.serving.server, "serve", lambda app, **kwargs: None)
-    argv = ["serve", "--model", str(reranker_dir), "--embedding-model", str(embedding_dir), "--device", "cpu", *argv]
-    assert main(argv) == 0
-    assert served["r"].prompt.special_tokens == served["e"].prompt.special_tokens == "plain"  # type: ignore[attr-defined]
+    assert main(["serve", "--model", str(reranker_dir), "--embedding-model", str(embedding_dir), *argv]) == 0
+    assert built == [("r", "plain"), ("e", "plain")]
