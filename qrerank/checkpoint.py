@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from qrerank.config import ModelConfig
+from qrerank.config import SEQ_CLS, ModelConfig
+from qrerank.files import read_json_object
 from qrerank.model import LayerWeights, ModelWeights
 from qrerank.safetensors_reader import TensorEntry, copy_rows, read_header, read_tensor
 from qrerank.tokenize import load_tokenizer
@@ -65,7 +66,7 @@ def locate(model: str | os.PathLike[str]) -> Path:
 
 def _read_headers(path: Path) -> dict[str, TensorEntry]:
     index = path / "model.safetensors.index.json"
-    if index.is_file():
+    if os.path.lexists(index):
         weight_map = _read_weight_map(index)
         files = sorted({path / name for name in weight_map.values()})
     else:
@@ -79,7 +80,7 @@ def _read_headers(path: Path) -> dict[str, TensorEntry]:
         )
     entries: dict[str, TensorEntry] = {}
     for file in files:
-        if not file.is_file():
+        if not file.exists():
             raise ValueError(f"{index} lists {file.name}, which is not in {path}")
         for name, entry in read_header(file).items():
             if name in entries:
@@ -96,12 +97,14 @@ def _read_headers(path: Path) -> dict[str, TensorEntry]:
 
 
 def _read_weight_map(index: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-        raise ValueError(f"{index} is not a JSON object: {err}") from None
+    weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise ValueError(f"{index} has no 'weight_map' object mapping tensor names to file names")
+    # Shards live beside the index. The check is on the name, before any file is opened: a symlink
+    # (the Hugging Face cache links every file into its blob store) is followed as usual.
+    for name in sorted(set(weight_map.values())):
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name or "\x00" in name:
+            raise ValueError(f"{index} names shard {name!r:.200}; shards must be file names in {index.parent}")
     return weight_map
 
 
@@ -131,25 +134,49 @@ def expected_shapes(config: ModelConfig, prefix: str) -> dict[str, tuple[int, ..
     return shapes
 
 
+_LAYER_NAME = re.compile(r"(?:model\.)?layers\.(\d{1,9})\.")
+
+
+def head_kind(config: ModelConfig) -> str:
+    """How a reranker scores: "score" for a Qwen3ForSequenceClassification conversion, whose one-row
+    `score.weight` is W_yes - W_no; "lm" for an LM head (`lm_head.weight`, or the tied embedding)."""
+    return "score" if config.architecture == SEQ_CLS else "lm"
+
+
 def _check_names_and_shapes(ckpt: Checkpoint, needs_head: bool) -> str:
     """Return the tensor-name prefix ('model.' for Qwen3ForCausalLM, '' for Qwen3Model) after strict checks."""
     names = set(ckpt.tensors)
+    c = ckpt.config
+    # Before a table of expected tensors is built from config.json, its layer count must match the files'.
+    stored_layers = {m.group(1) for m in map(_LAYER_NAME.match, names) if m}
+    if c.num_hidden_layers > len(stored_layers):
+        raise ValueError(
+            f"{c.source} declares {c.num_hidden_layers} layers, but the checkpoint {ckpt.path} stores tensors "
+            f"of only {len(stored_layers)}"
+        )
     prefix = "model." if any(n.startswith("model.") for n in names) else ""
-    expected = expected_shapes(ckpt.config, prefix)
-    head_shape = (ckpt.config.vocab_size, ckpt.config.hidden_size)
-    # lm_head.weight: required when untied and scores are needed; otherwise tolerated (tied checkpoints
-    # sometimes store a copy, which transformers also ignores) but still shape-checked.
-    optional = {"lm_head.weight": head_shape}
-    if needs_head and not ckpt.config.tie_word_embeddings:
-        expected["lm_head.weight"] = head_shape
-        optional = {}
+    expected = expected_shapes(c, prefix)
+    # The head is required when scores are needed (an LM head only when untied); otherwise tolerated
+    # (tied checkpoints sometimes store a copy, which transformers also ignores) but still shape-checked.
+    if head_kind(c) == "score":
+        head, required = {"score.weight": (1, c.hidden_size)}, needs_head
+    else:
+        head, required = {"lm_head.weight": (c.vocab_size, c.hidden_size)}, needs_head and not c.tie_word_embeddings
+    optional = {} if required else head
+    expected |= head if required else {}
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected) - set(optional))
     problems = [f"missing tensor {n!r}" for n in missing] + [f"unexpected tensor {n!r}" for n in unexpected]
     for name in sorted(names & (set(expected) | set(optional))):
-        want = expected.get(name) or optional[name]
-        if ckpt.tensors[name].shape != want:
-            problems.append(f"tensor {name!r} has shape {list(ckpt.tensors[name].shape)}, expected {list(want)}")
+        want, got = expected.get(name) or optional[name], ckpt.tensors[name].shape
+        if name == "score.weight" and got == (2, c.hidden_size):
+            problems.append(
+                "tensor 'score.weight' is a two-label head [2, H]; qrerank loads the published Qwen3-Reranker "
+                "conversions, which store one row W_yes - W_no (num_labels=1), because a two-label head's "
+                "meaning (which row is 'yes', softmax or not) is not recorded in the checkpoint"
+            )
+        elif got != want:
+            problems.append(f"tensor {name!r} has shape {list(got)}, expected {list(want)}")
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(f"checkpoint {ckpt.path} does not match its config.json: {shown}")
@@ -161,7 +188,8 @@ def load_weights(
 ) -> ModelWeights:
     """Load every tensor into `dtype` on `device`, fusing q/k/v and gate/up into single matrices.
 
-    With `head_token_ids`, only those rows of the LM head are read (fp32), for a yes/no style head.
+    With `head_token_ids`, only those rows of the LM head are read (fp32), for a yes/no style head; a
+    checkpoint whose head_kind is "score" has no LM head, and its score row [1, H] is read instead.
     """
     prefix = _check_names_and_shapes(ckpt, needs_head=head_token_ids is not None)
     t = ckpt.tensors
@@ -194,11 +222,14 @@ def load_weights(
             )
         )
     head_rows = None
-    if head_token_ids is not None:
+    if head_token_ids is not None and head_kind(ckpt.config) == "score":
+        head_rows = read_tensor(t["score.weight"], dtype, device)
+    elif head_token_ids is not None:
         source = t[prefix + "embed_tokens.weight"] if ckpt.config.tie_word_embeddings else t["lm_head.weight"]
         head_rows = torch.empty((len(head_token_ids), ckpt.config.hidden_size), dtype=dtype, device=device)
         for row, token in enumerate(head_token_ids):
             copy_rows(source, head_rows[row : row + 1], token, token + 1)
+    if head_rows is not None:
         # Rounded to the model dtype first (as the weights transformers would use), then the dot in fp32.
         head_rows = head_rows.float()
     return ModelWeights(embed=load("embed_tokens.weight"), layers=layers, norm=load("norm.weight"), head_rows=head_rows)

@@ -12,6 +12,8 @@ from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
 from qrerank.prompts import SPECIAL_TOKENS
 from qrerank.serving import options as serving
 
+_MAX_LENGTH_HELP = f"default: {DEFAULT_MAX_LENGTH}, or the model's max_position_embeddings when smaller"
+
 
 def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
     parser.add_argument(
@@ -19,7 +21,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> No
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
+    parser.add_argument("--max-length", type=int, default=None, help=_MAX_LENGTH_HELP)
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--instruction", default=None)
     _special_tokens_argument(parser)
@@ -72,12 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="reranker checkpoint directory or hub id")
     parser.add_argument("--embedding-model", default=None, help="embedding checkpoint directory or hub id")
-    parser.add_argument("--served-model-name", default=None, help="the reranker's name for clients (default: --model)")
-    parser.add_argument(
-        "--served-embedding-model-name",
-        default=None,
-        help="the embedder's name for clients (default: --embedding-model)",
-    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
@@ -86,7 +82,10 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument(
-        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per input: longer ones get 413 or are cut"
+        "--max-length",
+        type=int,
+        default=None,
+        help=f"tokens per input: longer ones get 413 or are cut; {_MAX_LENGTH_HELP}",
     )
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     _special_tokens_argument(parser)
@@ -100,6 +99,67 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-sequences", type=int, default=serving.DEFAULT_MAX_BATCH_SEQUENCES)
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests on shutdown")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _api_arguments(parser)
+
+
+def _api_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the APIs name the models, which fields they take, and the prompts they serve."""
+    parser.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the reranker's names for clients, the first one answered back (default: --model)",
+    )
+    parser.add_argument(
+        "--served-embedding-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the embedder's names for clients, the first one answered back (default: --embedding-model)",
+    )
+    parser.add_argument(
+        "--accept-any-model-name",
+        action="store_true",
+        help="answer a request naming an unknown model with the served model of that kind instead of 404",
+    )
+    parser.add_argument(
+        "--strict-fields", action="store_true", help="refuse (422) body fields the API does not take, not ignore them"
+    )
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="a prompt that prompt_name selects: TEXT is put before each input (repeatable)",
+    )
+    parser.add_argument(
+        "--default-query-instruction",
+        default=serving.DEFAULT_QUERY_INSTRUCTION,
+        help="the Qwen3 instruction of queries sent as Cohere input_type search_query",
+    )
+
+
+def _api_options(args: argparse.Namespace) -> dict[str, object]:
+    """The ServerOptions fields of `_api_arguments`."""
+    prompts = {}
+    for given in args.prompt:
+        name, equals, text = given.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--prompt takes NAME=TEXT, got {given!r}")
+        prompts[name] = text
+    reranker = None if args.model is None else (args.served_model_name or [args.model])
+    embedder = None if args.embedding_model is None else (args.served_embedding_model_name or [args.embedding_model])
+    return dict(
+        reranker_name=None if reranker is None else reranker[0],
+        reranker_aliases=() if reranker is None else tuple(reranker[1:]),
+        embedder_name=None if embedder is None else embedder[0],
+        embedder_aliases=() if embedder is None else tuple(embedder[1:]),
+        accept_any_model_name=args.accept_any_model_name,
+        strict_fields=args.strict_fields,
+        prompts=prompts,
+        default_query_instruction=args.default_query_instruction,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -122,10 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.model is None and args.embedding_model is None:
             raise ValueError("give --model (a reranker), --embedding-model, or both")
         options = serving.ServerOptions(
-            reranker_name=None if args.model is None else args.served_model_name or args.model,
-            embedder_name=None
-            if args.embedding_model is None
-            else args.served_embedding_model_name or args.embedding_model,
+            **_api_options(args),  # type: ignore[arg-type]
             api_key=args.api_key,
             max_body_bytes=args.max_body_bytes,
             max_inputs=args.max_inputs,

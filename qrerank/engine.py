@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 
 from qrerank.batching import Part, batch_size, pack, plan_batches, shared_prefix_len, split_parts
 from qrerank.checkpoint import Checkpoint, load_weights
+from qrerank.config import ModelConfig
 from qrerank.cuda_graphs import CudaGraphs
 from qrerank.model import Qwen3
 from qrerank.ops import ops_for
 from qrerank.requests import Tokenized
 from qrerank.validation import check_bool, check_int, resolve_backend, resolve_device, resolve_dtype
 
-DEFAULT_MAX_LENGTH = 8192
+DEFAULT_MAX_LENGTH = 8192  # max_length=None: this, or the model's max_position_embeddings when shorter
 DEFAULT_MAX_BATCH_TOKENS = 16384
 PIPELINE_CHUNK = 1024  # sequences tokenized per step of Engine.run_pipelined
 
@@ -51,7 +52,7 @@ class EngineOptions:
 
     device: torch.device
     dtype: torch.dtype
-    max_length: int
+    max_length: int | None  # None until `fit` sets the model-derived default
     max_batch_tokens: int
     backend: str  # "triton": qrerank.kernels; "torch": the reference twins (debugging, comparison)
     share_prefix: bool  # compute a group's common token prefix once per micro-batch
@@ -62,7 +63,7 @@ class EngineOptions:
         cls,
         device: str | torch.device | None,
         dtype: str | torch.dtype | None,
-        max_length: int,
+        max_length: int | None,
         max_batch_tokens: int,
         backend: str | None = None,
         share_prefix: bool = True,
@@ -82,23 +83,29 @@ class EngineOptions:
         return cls(
             device=resolved,
             dtype=resolved_dtype,
-            max_length=check_int(max_length, "max_length", 1),
+            max_length=None if max_length is None else check_int(max_length, "max_length", 1),
             max_batch_tokens=check_int(max_batch_tokens, "max_batch_tokens", 1),
             backend=backend,
             share_prefix=check_bool(share_prefix, "share_prefix"),
             cuda_graphs=cuda_graphs,
         )
 
+    def fit(self, config: ModelConfig) -> EngineOptions:
+        """These options for a model of `config`: max_length None becomes min(DEFAULT_MAX_LENGTH, the model's
+        max_position_embeddings); a given max_length past the model's context is a ValueError."""
+        context = config.max_position_embeddings
+        if self.max_length is None:
+            return replace(self, max_length=min(DEFAULT_MAX_LENGTH, context))
+        if self.max_length > context:
+            raise ValueError(f"max_length={self.max_length} exceeds the model's max_position_embeddings ({context})")
+        return self
+
 
 class Engine:
     """The model plus the batching around it. `run` may be called from several threads: one runs at a time."""
 
     def __init__(self, ckpt: Checkpoint, options: EngineOptions, head_token_ids: Sequence[int] | None = None) -> None:
-        if options.max_length > ckpt.config.max_position_embeddings:
-            raise ValueError(
-                f"max_length={options.max_length} exceeds the model's max_position_embeddings "
-                f"({ckpt.config.max_position_embeddings})"
-            )
+        options = options.fit(ckpt.config)
         self.options = options
         self.config = ckpt.config
         weights = load_weights(ckpt, options.device, options.dtype, head_token_ids)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qrerank.embedder import Embedder
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS
 from qrerank.reranker import Reranker
 from qrerank.validation import resolve_device, resolve_dtype
 
@@ -55,7 +55,7 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     device = resolve_device(engine.get("device"))
     engine["device"] = device
     engine["dtype"] = resolve_dtype(engine.get("dtype"), device)  # "bf16" and torch.bfloat16 share one engine
-    engine.setdefault("max_length", DEFAULT_MAX_LENGTH)
+    engine.setdefault("max_length", None)  # the model's default: min(8192, its max_position_embeddings)
     engine.setdefault("max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS)
     return engine, kwargs
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
 
 from qrerank.embedder import Embedder
+from qrerank.files import open_regular
 from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION
+from qrerank.safetensors_writer import save_atomic
 from qrerank.similarity import MAX_K, aligned_width, as_matrix, check_finite, resolve_backend, run_topk
 from qrerank.validation import check_bool, check_int, check_optional_str, check_str_list, resolve_device
 
@@ -134,34 +137,46 @@ class Index:
         return (scores, indices) if as_tensor else (scores.cpu().numpy(), indices.cpu().numpy())
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the vectors (in the index's dtype) and texts to one safetensors file."""
+        """Write the vectors (in the index's dtype) and texts to one safetensors file, atomically: a reader or
+        a crash finds the old file or the new one (see `qrerank.safetensors_writer`)."""
         tensors = {"vectors": self.vectors.contiguous().cpu()}
         if self._texts is not None:
             encoded = [t.encode("utf-8") for t in self._texts]
             offsets = np.cumsum([0, *(len(b) for b in encoded)], dtype=np.int64)
             tensors["texts_utf8"] = torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy())
             tensors["text_offsets"] = torch.from_numpy(offsets)
-        save_file(tensors, os.fspath(path), metadata={"format": FORMAT, "dim": str(self.dim or 0)})
+        save_atomic(tensors, path, metadata={"format": FORMAT, "dim": str(self.dim or 0)})
 
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], *, embedder: Embedder | None = None, device: str | torch.device | None = None
     ) -> Index:
-        """An index saved by `save`; `embedder` (optional) lets it embed text queries and additions."""
-        from safetensors import safe_open
+        """An index saved by `save`; `embedder` (optional) lets it embed text queries and additions.
 
-        with safe_open(os.fspath(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        A file that is not a complete, consistent saved index is a ValueError naming it and the bad field.
+        """
+        metadata, tensors = _read_index_file(Path(path))
+        name = os.fspath(path)
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a saved qrerank.Index (format {metadata.get('format')!r})")
-        tensors = load_file(os.fspath(path))
+            raise ValueError(f"{name!r} is not a saved qrerank.Index (format {metadata.get('format')!r:.80})")
         if set(tensors) not in _TENSORS:
-            raise ValueError(f"{os.fspath(path)!r} holds tensors {sorted(tensors)}, expected {sorted(_TENSORS[1])}")
-        vectors, texts = tensors["vectors"], None
+            raise ValueError(f"{name!r} holds tensors {sorted(tensors)}, expected {sorted(_TENSORS[1])}")
+        vectors = tensors["vectors"]
+        if vectors.dtype not in _DTYPES or vectors.ndim != 2:
+            raise ValueError(
+                f"{name!r}: vectors must be a float32/bfloat16/float16 matrix, got {vectors.dtype} "
+                f"of shape {list(vectors.shape)}"
+            )
+        dim = metadata.get("dim", "")
+        if not (dim.isascii() and dim.isdigit() and len(dim) < 10):
+            raise ValueError(f"{name!r}: metadata dim must be a non-negative integer, got {dim!r:.80}")
+        dim = int(dim)
+        if vectors.shape[1] not in ((dim,) if vectors.shape[0] else (0, dim)):
+            raise ValueError(f"{name!r}: vectors of shape {list(vectors.shape)} disagree with dim {dim}")
+        texts = None
         if "text_offsets" in tensors:
-            texts = _decode_texts(tensors["texts_utf8"], tensors["text_offsets"], vectors.shape[0], path)
-        dim = int(metadata.get("dim", "0")) or None
-        index = cls(embedder=embedder, dim=dim, device=device, dtype=vectors.dtype)
+            texts = _decode_texts(tensors["texts_utf8"], tensors["text_offsets"], vectors.shape[0], name)
+        index = cls(embedder=embedder, dim=dim or None, device=device, dtype=vectors.dtype)
         if vectors.shape[0] > 0:
             index.add(vectors, texts=texts)
         return index
@@ -187,11 +202,28 @@ class Index:
         self._size = total
 
 
-def _decode_texts(data: torch.Tensor, offsets: torch.Tensor, count: int, path: Any) -> list[str]:
+def _read_index_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file, any failure a ValueError naming the file."""
+    open_regular(path).close()  # a FIFO or directory is refused here instead of blocking or failing later
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return f.metadata() or {}, {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:  # truncated, corrupt, unreadable
+        raise ValueError(f"{os.fspath(path)!r} is not a readable safetensors file: {err}") from None
+
+
+def _decode_texts(data: torch.Tensor, offsets: torch.Tensor, count: int, name: str) -> list[str]:
+    if data.dtype != torch.uint8 or data.ndim != 1:
+        raise ValueError(f"{name!r}: texts_utf8 must be uint8 bytes, got {data.dtype} of shape {list(data.shape)}")
+    if offsets.dtype != torch.int64 or offsets.ndim != 1:
+        raise ValueError(f"{name!r}: text_offsets must be int64, got {offsets.dtype} of shape {list(offsets.shape)}")
     bounds = offsets.tolist()
     if len(bounds) != count + 1 or bounds[0] != 0 or any(a > b for a, b in itertools.pairwise(bounds)):
-        raise ValueError(f"{os.fspath(path)!r}: text_offsets do not describe {count} texts")
+        raise ValueError(f"{name!r}: text_offsets do not describe {count} texts")
     raw = data.numpy().tobytes()
-    if bounds[-1] > len(raw):
-        raise ValueError(f"{os.fspath(path)!r}: text_offsets run past texts_utf8")
-    return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+    if bounds[-1] != len(raw):
+        raise ValueError(f"{name!r}: text_offsets end at byte {bounds[-1]}, but texts_utf8 has {len(raw)} bytes")
+    try:
+        return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name!r}: texts_utf8 is not UTF-8 text ({err})") from None

@@ -166,11 +166,13 @@ class EmbeddingPrompt:
         self.eos_id = eos
         self.text_budget = max_length - 1
 
-    def encode(self, texts: Sequence[str], instruction: str | None) -> list[list[int]]:
-        """The recipe's ids of each text."""
-        return list(self.tokenize(texts, instruction).tokenized.ids)
+    def encode(self, texts: Sequence[str], instruction: str | None, prompt: str | None = None) -> list[list[int]]:
+        """The recipe's ids of each text; `prompt`: a sentence-transformers prompt, put before each text as it is."""
+        return list(self.tokenize(texts, instruction, prompt).tokenized.ids)
 
-    def tokenize(self, texts: Sequence[str], instruction: str | None) -> Encoded:
+    def tokenize(self, texts: Sequence[str], instruction: str | None, prompt: str | None = None) -> Encoded:
+        if prompt:
+            texts = [prompt + t for t in texts]
         if instruction is not None:
             texts = [EMBED_QUERY.format(instruction=instruction, text=t) for t in texts]
         encoded = self.encoder.encode(texts, [self.text_budget] * len(texts))

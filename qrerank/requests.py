@@ -43,12 +43,16 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class EmbedRequest:
-    """Embeddings of `texts`; `dim` (Matryoshka prefix) is checked against the model when it runs."""
+    """Embeddings of `texts`; `dim` (Matryoshka prefix) is checked against the model when it runs.
+
+    `prompt`: a raw text prefix of every text (a sentence-transformers prompt), instead of an `instruction`.
+    """
 
     texts: Sequence[str]
     instruction: str | None = None
     dim: int | None = None
     normalize: bool = True
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
         texts = [check_str(self.texts, "texts")] if isinstance(self.texts, str) else check_str_list(self.texts, "texts")
@@ -57,6 +61,8 @@ class EmbedRequest:
         if self.dim is not None:
             check_int(self.dim, "dim", None)  # the type here; the range once the model's width is known
         check_bool(self.normalize, "normalize")
+        if check_optional_str(self.prompt, "prompt") is not None and self.instruction is not None:
+            raise ValueError("give an instruction or a prompt, not both")
 
 
 @dataclass(frozen=True)

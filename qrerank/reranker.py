@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qrerank.checkpoint import Checkpoint
-from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH, Engine, EngineOptions
+from qrerank.checkpoint import Checkpoint, head_kind
+from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, Engine, EngineOptions
 from qrerank.prompts import SPECIAL_TOKENS, RerankerPrompt
 from qrerank.requests import ScoreRequest, Tokenized
 from qrerank.validation import check_bool, check_choice, check_int, check_optional_str, check_pairs
@@ -20,7 +20,9 @@ from qrerank.validation import check_bool, check_choice, check_int, check_option
 class Reranker:
     """A Qwen3-Reranker checkpoint (local directory or hub id) loaded on one device.
 
-    Only the two LM-head rows of "yes" and "no" are loaded; a score costs one dot product.
+    Only the two LM-head rows of "yes" and "no" are loaded (or, for a Qwen3ForSequenceClassification
+    conversion, its one score row, W_yes - W_no); a score costs one dot product. `max_length`: default
+    min(8192, the model's max_position_embeddings).
     `backend`: "triton" (qrerank's kernels; the default on CUDA) or "torch" (reference ops; the
     default on CPU). `share_prefix`: run the token prefix common to one query's documents once.
     `cuda_graphs`: replay small batches from captured CUDA graphs (default: on with CUDA and triton).
@@ -35,7 +37,7 @@ class Reranker:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH,
+        max_length: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         backend: str | None = None,
         share_prefix: bool = True,
@@ -47,10 +49,11 @@ class Reranker:
         )
         check_choice(special_tokens, "special_tokens", SPECIAL_TOKENS)
         ckpt = Checkpoint.open(model)
+        options = options.fit(ckpt.config)
         self.prompt = RerankerPrompt(ckpt.tokenizer, options.max_length, special_tokens)
         self.engine = Engine(ckpt, options, head_token_ids=self.prompt.yes_no_ids)
-        yes_row, no_row = self.engine.head_rows
-        self._yes_minus_no = yes_row - no_row  # [H] fp32
+        rows = self.engine.head_rows  # LM head: the rows of "yes" and "no" [2, H]; seq-cls: its score row [1, H]
+        self._yes_minus_no = rows[0] if head_kind(ckpt.config) == "score" else rows[0] - rows[1]  # [H] fp32
 
     @property
     def device(self) -> torch.device:

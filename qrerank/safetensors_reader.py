@@ -8,13 +8,16 @@ into one reusable buffer keeps peak host memory at the converted weights plus th
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from qrerank.files import open_regular, parse_json
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -37,40 +40,53 @@ class TensorEntry:
     def row_bytes(self) -> int:
         return math.prod(self.shape[1:]) * self.dtype.itemsize
 
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse one file's header, checking every entry's dtype and byte range against the file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    """Parse one file's header, checking every entry's dtype and byte range against the file and the others."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) != 8:
             raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
         header_len = int.from_bytes(prefix, "little")
         if header_len > min(_MAX_HEADER_BYTES, size - 8):
             raise ValueError(f"{path}: not a safetensors file (header length {header_len} is impossible)")
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: corrupt safetensors header ({err})") from None
+        header = parse_json(f.read(header_len), f"{path}: corrupt safetensors header")
     if not isinstance(header, dict):
         raise ValueError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     data_start = 8 + header_len
-    return {name: _entry(path, name, meta, data_start, size) for name, meta in header.items() if name != "__metadata__"}
+    entries = {
+        name: _entry(path, name, meta, data_start, size) for name, meta in header.items() if name != "__metadata__"
+    }
+    # Two tensors sharing bytes would each read the other's data: only disjoint ranges are valid.
+    ordered = sorted(entries.items(), key=lambda item: (item[1].offset, item[1].nbytes))
+    for (first, a), (second, b) in itertools.pairwise(ordered):
+        if b.offset < a.offset + a.nbytes:
+            raise ValueError(f"{path}: tensors {first!r} and {second!r} have overlapping byte ranges")
+    return entries
 
 
 def _entry(path: Path, name: str, meta: Any, data_start: int, size: int) -> TensorEntry:
     """One header entry, refusing anything that would read outside the tensor's own bytes."""
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: tensor {name!r} has a corrupt header entry {meta!r:.80}")
-    dtype = _DTYPES.get(meta.get("dtype"))
+    dtype = _DTYPES.get(meta["dtype"]) if isinstance(meta.get("dtype"), str) else None
     if dtype is None:
-        raise ValueError(f"{path}: tensor {name!r} has dtype {meta.get('dtype')!r}; expected one of {list(_DTYPES)}")
+        raise ValueError(
+            f"{path}: tensor {name!r} has dtype {meta.get('dtype')!r:.40}; expected one of {list(_DTYPES)}"
+        )
     shape, offsets = meta.get("shape"), meta.get("data_offsets")
     if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
-        raise ValueError(f"{path}: tensor {name!r} has a corrupt shape {shape!r} or data_offsets {offsets!r}")
+        raise ValueError(f"{path}: tensor {name!r} has a corrupt shape {shape!r:.80} or data_offsets {offsets!r:.80}")
     begin, end = offsets
     if begin < 0 or end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:
-        raise ValueError(f"{path}: tensor {name!r} has a byte range {offsets} that does not fit its shape {shape}")
+        raise ValueError(
+            f"{path}: tensor {name!r} has a byte range {offsets!r:.80} that does not fit its shape {shape!r:.80}"
+        )
     return TensorEntry(path, dtype, tuple(shape), data_start + begin)
 
 

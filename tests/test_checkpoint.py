@@ -559,11 +559,15 @@ CONFIG_EDITS: list[Any] = [
     pytest.param(_config_drop("hidden_size"), r"missing required field 'hidden_size'", id="no-hidden_size"),
     pytest.param(_config_drop("num_hidden_layers"), r"missing required field 'num_hidden_layers'", id="no-layers"),
     pytest.param(_config_drop("vocab_size"), r"missing required field 'vocab_size'", id="no-vocab_size"),
-    pytest.param(_config_edit(hidden_size="64"), r"hidden_size must be a positive integer, got '64'", id="hidden-str"),
-    pytest.param(_config_edit(num_hidden_layers=0), r"num_hidden_layers must be a positive integer", id="layers-0"),
+    pytest.param(
+        _config_edit(hidden_size="64"), r"hidden_size must be an integer from 1 to 65536, got '64'", id="hidden-str"
+    ),
+    pytest.param(
+        _config_edit(num_hidden_layers=0), r"num_hidden_layers must be an integer from 1 to 1024", id="layers-0"
+    ),
     pytest.param(_config_edit(num_attention_heads=3), r"num_attention_heads \(3\) is not a multiple", id="gqa"),
     pytest.param(_config_edit(head_dim=31), r"head_dim must be even", id="odd-head_dim"),
-    pytest.param(_config_edit(rms_norm_eps=0), r"rms_norm_eps \(0\.0\)", id="eps-0"),
+    pytest.param(_config_edit(rms_norm_eps=0), r"rms_norm_eps must be a finite number > 0, got 0\.0", id="eps-0"),
     pytest.param(_config_edit(rms_norm_eps=None), r"rms_norm_eps must be a number, got None", id="eps-null"),
     pytest.param(_config_edit(rope_theta="big"), r"rope_theta must be a number", id="theta-str"),
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qrerank import Embedder
+from qrerank import Embedder, safetensors_writer
 from qrerank.index import DEFAULT_TASK, Index
 from qrerank.similarity import topk
 
@@ -93,6 +97,149 @@ def test_load_refuses_other_files(tmp_path: Path) -> None:
     save_file({**bad, "text_offsets": torch.tensor([0, 2, 1])}, str(tmp_path / "offsets.safetensors"), meta)
     with pytest.raises(ValueError, match="text_offsets do not describe 2 texts"):
         Index.load(tmp_path / "offsets.safetensors")
+
+
+# Saves a new index over argv[1], stalling once every byte is written but before the rename.
+SAVE_THEN_STALL = """
+import sys, time, torch
+from qrerank import safetensors_writer
+from qrerank.index import Index
+
+def stall(fd):
+    print("written", flush=True)
+    time.sleep(120)
+
+safetensors_writer.os.fsync = stall
+Index(torch.zeros(5000, 64), device="cpu").save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_save_killed_midway_keeps_the_old_file(tmp_path: Path, sig: signal.Signals) -> None:
+    path = tmp_path / "index.safetensors"
+    old = Index(vectors(7, 5, 9), texts=list("abcdefg"), device="cpu")
+    old.save(path)
+    child = subprocess.Popen([sys.executable, "-c", SAVE_THEN_STALL, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "written\n"
+        child.send_signal(sig)
+        assert child.wait(timeout=60) != 0
+    finally:
+        child.kill()
+    loaded = Index.load(path)
+    assert torch.equal(loaded.vectors, old.vectors) and loaded.texts == old.texts
+    others = sorted(p.name for p in tmp_path.iterdir() if p != path)
+    if sig == signal.SIGINT:  # an exception: the temporary file is removed
+        assert others == []
+    else:  # SIGKILL runs no cleanup: what it leaves is recognisably a temporary of this file
+        assert len(others) == 1 and others[0].startswith(".index.safetensors.") and others[0].endswith(".tmp")
+
+
+def test_failed_save_keeps_the_old_file_and_removes_its_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "index.safetensors"
+    Index(vectors(3, 4, 1), device="cpu").save(path)
+    before = path.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors_writer.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        Index(vectors(9, 4, 2), device="cpu").save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["index.safetensors"]
+
+
+def test_saved_file_has_the_mode_of_a_new_file(tmp_path: Path) -> None:
+    umask = os.umask(0o027)
+    try:
+        Index(vectors(2, 3, 1), device="cpu").save(tmp_path / "index.safetensors")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "index.safetensors").stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, not 0o600
+
+
+META = {"format": "qrerank.Index/1", "dim": "2"}
+TEXTS = {"texts_utf8": torch.tensor(list(b"abc"), dtype=torch.uint8), "text_offsets": torch.tensor([0, 1, 3])}
+
+
+def _save(tensors: dict[str, torch.Tensor], metadata: dict[str, str] = META) -> Callable[[Path], None]:
+    return lambda path: save_file(tensors, str(path), metadata)
+
+
+def _damage(edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        Index(vectors(2, 2, 1), texts=["a", "bc"], device="cpu").save(path)
+        path.write_bytes(edit(path.read_bytes()))
+
+    return write
+
+
+BAD_FILES: list[Any] = [
+    pytest.param(_damage(lambda b: b[: len(b) - 5]), r"is not a readable safetensors file", id="truncated"),
+    pytest.param(_damage(lambda b: b[:8] + b"\xff" * 16 + b[24:]), r"is not a readable safetensors file", id="corrupt"),
+    pytest.param(_damage(lambda b: b""), r"is not a readable safetensors file", id="empty"),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2), **TEXTS, "text_offsets": torch.tensor([0.0, 1.0, 3.0])}),
+        r"text_offsets must be int64, got torch\.float32",
+        id="float-offsets",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2), **TEXTS, "texts_utf8": torch.tensor([97, 98, 99], dtype=torch.int32)}),
+        r"texts_utf8 must be uint8 bytes, got torch\.int32",
+        id="texts-int32",
+    ),
+    pytest.param(
+        _save(
+            {"vectors": torch.ones(2, 2), **TEXTS, "texts_utf8": torch.tensor(list(b"\xff\xfe\xfd"), dtype=torch.uint8)}
+        ),
+        r"texts_utf8 is not UTF-8 text",
+        id="texts-not-utf8",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2), **TEXTS, "text_offsets": torch.tensor([0, 1, 2])}),
+        r"text_offsets end at byte 2, but texts_utf8 has 3 bytes",
+        id="offsets-short",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2)}, {**META, "dim": "two"}),
+        r"dim must be a non-negative integer, got 'two'",
+        id="dim-word",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2)}, {**META, "dim": "2.0"}),
+        r"dim must be a non-negative integer",
+        id="dim-float",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2)}, {**META, "dim": "9" * 5000}),
+        r"dim must be a non-negative integer",
+        id="dim-huge",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 2)}, {"format": "qrerank.Index/1"}),
+        r"dim must be a non-negative integer, got ''",
+        id="no-dim",
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(2, 3)}), r"vectors of shape \[2, 3\] disagree with dim 2", id="dim-disagrees"
+    ),
+    pytest.param(
+        _save({"vectors": torch.ones(4)}), r"vectors must be a float32/bfloat16/float16 matrix", id="vectors-1d"
+    ),
+    pytest.param(_save({"vectors": torch.ones(2, 2, dtype=torch.int64)}), r"got torch\.int64", id="vectors-int"),
+    pytest.param(lambda path: path.mkdir(), r"is a directory", id="directory"),
+]
+
+
+@pytest.mark.parametrize(("write", "message"), BAD_FILES)
+def test_load_refuses_damaged_files(tmp_path: Path, write: Callable[[Path], None], message: str) -> None:
+    path = tmp_path / "index.safetensors"
+    write(path)
+    with pytest.raises(ValueError, match=message) as info:
+        Index.load(path)
+    assert str(path) in str(info.value)
 
 
 TWO = vectors(3, 4, 8)

@@ -93,7 +93,7 @@ def test_cohere_jina_rerank(client: httpx.Client, reranker: Reranker) -> None:
         assert abs(result["relevance_score"] - want["score"]) <= 1e-6
         assert result["document"] == {"text": DOCS[result["index"]]}
     lengths = [len(ids) for ids in reranker.prompt.encode([(QUERY, d) for d in DOCS], "Find capitals")]
-    assert response["usage"] == {"total_tokens": sum(lengths)}
+    assert response["usage"] == {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths)}
     plain = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"]
     assert len(plain) == len(DOCS) and all("document" not in r for r in plain)  # top_n defaults to all
 

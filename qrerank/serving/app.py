@@ -15,12 +15,12 @@ from fastapi.responses import Response
 
 from qrerank.embedder import Embedder
 from qrerank.reranker import Reranker
+from qrerank.serving.api import Service, register
 from qrerank.serving.async_engine import AsyncEngine
 from qrerank.serving.auth import bearer_key_check
 from qrerank.serving.errors import install_error_handlers
 from qrerank.serving.metrics import MetricsMiddleware, ServingMetrics
 from qrerank.serving.options import ServerOptions
-from qrerank.serving.routes import Routes
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -70,6 +70,6 @@ def create_app(reranker: Reranker | None, embedder: Embedder | None, options: Se
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
-    Routes(engine, options, metrics).register(protected)
+    register(protected, Service(engine, options, metrics))
     app.include_router(protected)
     return app

@@ -1,10 +1,11 @@
-"""Every error the server answers, as one JSON shape: {"error": {"message", "type", "code"}}.
+"""Every error the server answers, as one JSON shape: {"error": {"message", "type", "code"}, "detail"}.
 
 The shape is OpenAI's (which the OpenAI client reads into its exception), used on every route so a
-client needs one parser. Status codes: 400 unreadable body (malformed JSON, not UTF-8), 401 missing
+client needs one parser; `detail` repeats the message for clients of FastAPI-style servers (Jina,
+Infinity, vLLM clients read it). Status codes: 400 unreadable body (malformed JSON, not UTF-8), 401 missing
 or wrong API key, 404 unknown route or model, 405 wrong method, 413 body, input count or input
 tokens over a limit, 422 well-formed JSON that does not fit the request schema, 500 a server fault,
-503 shutting down, 504 request timeout. Bad input never produces a 500.
+501 an option this server does not implement, 503 shutting down, 504 request timeout. Bad input never produces a 500.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _TYPES = {
     413: "request_too_large",
     422: "invalid_request_error",
     500: "server_error",
+    501: "not_implemented_error",
     503: "service_unavailable",
     504: "timeout_error",
 }
@@ -41,7 +43,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "code": status}}
+    error = {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "code": status}
+    body = {"error": error, "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

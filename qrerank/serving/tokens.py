@@ -52,7 +52,8 @@ class TokenCounter:
         """The sequence of each of `request`'s texts; `positions[i]`: the index naming text i in a 413."""
         prompt = self._prompt
         assert isinstance(prompt, EmbeddingPrompt)
-        return self._checked(prompt.tokenize(request.texts, request.instruction), truncate, field, positions)
+        encoded = prompt.tokenize(request.texts, request.instruction, request.prompt)
+        return self._checked(encoded, truncate, field, positions)
 
     def _checked(self, encoded: Encoded, truncate: bool, field: str, positions: Sequence[int] | None) -> Tokenized:
         if not truncate and any(encoded.cut):

@@ -1,0 +1,270 @@
+"""What every API family shares: bodies, model names, limits, prompts, and the one way to the engine.
+
+A route handler decodes its body (`Service.read`), resolves the model name (`reranker` /
+`embedder`: 404 for a name not served), turns the peer API's fields into qrerank's (`truncation`,
+`prompt`), hands the inputs to `embed` / `score`, and shapes the answer. `embed` and `score` are the
+only callers of the token counter and the engine: they check the input count (413), count the recipe
+tokens and apply the per-input limit (413), await the engine under the request timeout (504) and
+count the prompt tokens for `usage` and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+import numpy as np
+from fastapi import Request
+
+from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
+from qrerank.serving.async_engine import AsyncEngine
+from qrerank.serving.body import decode, read_body, read_request
+from qrerank.serving.errors import ApiError
+from qrerank.serving.metrics import ServingMetrics
+from qrerank.serving.options import ServerOptions
+from qrerank.serving.schemas import S, Schema, strict_variant
+from qrerank.serving.tokens import InputTooLong, TokenCounter
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # [n, dim] float32
+    tokens: int  # the request's prompt tokens
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: np.ndarray  # [documents] float32, in the documents' order
+    tokens: int
+
+
+R = TypeVar("R", Embedded, Scored)
+
+
+class Service:
+    """One engine with its served names, limits, prompts and metrics, as every route uses them."""
+
+    def __init__(self, engine: AsyncEngine, options: ServerOptions, metrics: ServingMetrics) -> None:
+        self.engine = engine
+        self.options = options
+        self.metrics = metrics
+        self.rerank_tokens = TokenCounter(engine.reranker) if engine.reranker is not None else None
+        self.embed_tokens = TokenCounter(engine.embedder) if engine.embedder is not None else None
+        # The prompts `prompt_name` selects: the checkpoint's sentence-transformers prompts, overlaid by --prompt.
+        checkpoint_prompts = engine.embedder.prompts if engine.embedder is not None else {}
+        self.prompts: dict[str, str] = {**checkpoint_prompts, **options.prompts}
+        self.created = int(time.time())
+
+    async def read(self, request: Request, schema: type[S]) -> S:
+        """The body decoded into `schema` (its strict variant under --strict-fields); 400/413/422 otherwise."""
+        return await read_request(request, self._variant(schema), self.options.max_body_bytes)
+
+    async def read_by_shape(self, request: Request, schemas: Mapping[str, type[Schema]]) -> Schema:
+        """The body decoded into the schema of the first field of `schemas` it has: one route, several bodies."""
+        raw = await read_body(request, self.options.max_body_bytes)
+        fields = await asyncio.to_thread(decode, dict[str, msgspec.Raw], raw)  # the top-level keys, values unparsed
+        for field, schema in schemas.items():
+            if field in fields:
+                return await asyncio.to_thread(decode, self._variant(schema), raw)
+        raise ApiError(422, f"the body has none of the fields {', '.join(map(repr, schemas))}, so it fits no API here")
+
+    def _variant(self, schema: type[S]) -> type[S]:
+        return strict_variant(schema) if self.options.strict_fields else schema
+
+    def reranker(self, requested: str | None) -> str:
+        """The served name answering a request for `requested` (None: the request names no model)."""
+        return self._resolve(requested, self.options.reranker_names, "reranker")
+
+    def embedder(self, requested: str | None) -> str:
+        return self._resolve(requested, self.options.embedder_names, "embedding model")
+
+    def _resolve(self, requested: str | None, names: tuple[str, ...], role: str) -> str:
+        served = ", ".join(repr(n) for n in self.options.served_names)
+        if not names:
+            raise ApiError(404, f"this server serves no {role}; served models: {served}")
+        if requested is None or (self.options.accept_any_model_name and requested not in names):
+            return names[0]
+        if requested not in names:
+            raise ApiError(404, f"the {role} {requested!r} is not served here; served models: {served}")
+        return requested
+
+    def check_count(self, count: int, field: str) -> None:
+        if count > self.options.max_inputs:
+            raise ApiError(413, f"{field} holds {count} items; this server accepts at most {self.options.max_inputs}")
+
+    def check_top_n(self, top_n: int | None, field: str = "top_n") -> None:
+        if top_n is not None and top_n > self.options.max_inputs:
+            raise ApiError(422, f"{field} must be between 1 and {self.options.max_inputs}, got {top_n}")
+
+    def truncation(
+        self, truncate: bool | None, direction: str | None = None, field: str = "truncation_direction"
+    ) -> bool:
+        """Whether to cut over-long inputs: the request's choice, else the server's (--auto-truncate).
+
+        Inputs are cut as the Qwen3 recipes cut them, keeping their start; a request asking to cut
+        their start instead (TEI's Left, Cohere's START) is refused rather than answered otherwise.
+        """
+        cut = self.options.auto_truncate if truncate is None else truncate
+        if cut and direction is not None and direction.lower() in ("left", "start"):
+            raise ApiError(
+                422,
+                f"{field}: {direction!r} is not supported; qrerank cuts the end of an over-long input, as the "
+                "Qwen3 recipe does (send Right/END, or leave it out)",
+            )
+        return cut
+
+    def prompt(self, name: str | None, field: str = "prompt_name") -> str | None:
+        """The text of the served prompt `name` (sentence-transformers prompts and --prompt)."""
+        if name is None:
+            return None
+        if name not in self.prompts:
+            served = ", ".join(repr(n) for n in self.prompts) or "none"
+            raise ApiError(422, f"{field}: no prompt named {name!r} is served; served prompts: {served}")
+        return self.prompts[name]
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        instruction: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        truncate: bool = False,
+        field: str = "input",
+        dim_field: str = "dimensions",
+    ) -> Embedded:
+        """Embeddings of `texts`; `prompt` is a text prefix (a sentence-transformers prompt), `instruction`
+        the Qwen3 query instruction: one or the other."""
+        embedder, counter = self.engine.embedder, self.embed_tokens
+        assert embedder is not None and counter is not None
+        self.check_count(len(texts), field)
+        if prompt is not None and instruction is not None:
+            raise ApiError(422, "a prompt (prompt_name) and an instruction were both given; the model takes one")
+        if prompt is not None:  # LEAD: EmbedRequest(prompt=...) once it exists; it tokenizes prompt + text the same
+            texts = [prompt + text for text in texts]
+        self._check_dim(EmbedRequest(texts, instruction, dim, normalize), dim_field)
+
+        async def run() -> Embedded:
+            request = EmbedRequest(texts, instruction, dim, normalize)
+            tokenized = await asyncio.to_thread(counter.embed_tokens, request, truncate, field)
+            vectors = await self.engine.embed(
+                texts, instruction=instruction, dim=dim, normalize=normalize, tokenized=tokenized
+            )
+            return Embedded(vectors, tokenized.tokens)
+
+        return self._counted(await self._within_timeout(run()), self.options.embedder_name)
+
+    async def embed_token_ids(
+        self, sequences: Sequence[Sequence[int]], *, dim: int | None, truncate: bool, field: str = "input"
+    ) -> Embedded:
+        """Embeddings of texts given as token ids (OpenAI's list-of-ints input): each sequence is the text's
+        ids, checked against the vocabulary, cut as a text would be, then `<|endoftext|>` as for text."""
+        embedder = self.engine.embedder
+        assert embedder is not None
+        self.check_count(len(sequences), field)
+        prompt = embedder.prompt
+        vocab = min(prompt.tokenizer.get_vocab_size(with_added_tokens=True), embedder.engine.config.vocab_size)
+        ids = []
+        for i, seq in enumerate(sequences):
+            if max(seq) >= vocab:
+                raise ApiError(422, f"{field}[{i}] holds the token id {max(seq)}, outside the vocabulary [0, {vocab})")
+            if len(seq) > prompt.text_budget:
+                if not truncate:
+                    raise InputTooLong(field, i, embedder.engine.options.max_length)
+                seq = seq[: prompt.text_budget]
+            ids.append([*seq, prompt.eos_id])
+        texts = prompt.tokenizer.decode_batch([list(seq) for seq in sequences], skip_special_tokens=False)
+        self._check_dim(EmbedRequest(texts, None, dim), "dimensions")
+
+        async def run() -> Embedded:
+            vectors = await self.engine.embed(texts, dim=dim, tokenized=Tokenized(ids))
+            return Embedded(vectors, sum(map(len, ids)))
+
+        return self._counted(await self._within_timeout(run()), self.options.embedder_name)
+
+    async def score(
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        *,
+        instruction: str | None = None,
+        raw: bool = False,
+        truncate: bool = False,
+        field: str = "documents",
+        max_chunks_per_doc: int | None = None,
+        max_tokens_per_doc: int | None = None,
+    ) -> Scored:
+        """Scores of `docs` against one query for all, or one query per document.
+
+        `max_chunks_per_doc` / `max_tokens_per_doc`: Cohere's long-document options (a document cut into
+        up to that many windows, its score their maximum; each document cut to that many tokens).
+        """
+        counter = self.rerank_tokens
+        assert counter is not None
+        self.check_count(len(docs), field)
+        pairs = list(queries) * len(docs) if len(queries) == 1 else list(queries)
+        by_query: dict[str, list[int]] = {}  # the documents of one query form one request (a shared prefix)
+        for i, query in enumerate(pairs):
+            by_query.setdefault(query, []).append(i)
+
+        def count() -> list[Tokenized]:  # a chunked document's windows come back as several sequences
+            return [
+                counter.score_tokens(
+                    ScoreRequest(q, [docs[i] for i in idx], instruction, max_chunks_per_doc, max_tokens_per_doc),
+                    truncate,
+                    field,
+                    idx,
+                )
+                for q, idx in by_query.items()
+            ]
+
+        async def run() -> Scored:
+            tokenized = await asyncio.to_thread(count)
+            parts = await asyncio.gather(
+                *(
+                    self.engine.score(query, [docs[i] for i in idx], instruction=instruction, raw=raw, tokenized=t)
+                    for (query, idx), t in zip(by_query.items(), tokenized, strict=True)
+                )
+            )
+            scores = np.empty(len(docs), dtype=np.float32)
+            for idx, values in zip(by_query.values(), parts, strict=True):
+                scores[idx] = values
+            return Scored(scores, sum(t.tokens for t in tokenized))
+
+        return self._counted(await self._within_timeout(run()), self.options.reranker_name)
+
+    def _check_dim(self, request: EmbedRequest, field: str) -> None:
+        assert self.engine.embedder is not None
+        try:
+            self.engine.embedder.check(request)
+        except ValueError as err:
+            raise ApiError(422, f"{field}: {err}") from None
+
+    def _counted(self, result: R, model: str | None) -> R:
+        self.metrics.tokens.labels(model).inc(result.tokens)
+        return result
+
+    async def _within_timeout(self, work: Awaitable[T]) -> T:
+        """Cancelling on timeout also drops the request's queued work (AsyncEngine removes cancelled callers)."""
+        try:
+            return await asyncio.wait_for(work, self.options.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"the request was not answered within {self.options.request_timeout_s} s") from None
+
+
+def ranking(scores: np.ndarray, top_n: int | None = None) -> list[int]:
+    """Document indices best first (ties keep the documents' order), the first `top_n` of them."""
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:top_n]]
+
+
+def base64_vectors(vectors: np.ndarray) -> list[str]:
+    """Each vector's little-endian float32 bytes in base64, as OpenAI and Cohere send them."""
+    return [base64.b64encode(v.astype("<f4", copy=False).tobytes()).decode() for v in vectors]
