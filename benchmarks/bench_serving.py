@@ -2,6 +2,7 @@
 
 python benchmarks/bench_serving.py                                     # CPU: tiny random models
 python benchmarks/bench_serving.py --preset 0.6B --device cuda --json out.json
+python benchmarks/bench_serving.py --scenario hostile --large-docs 200  # CPU: a large request, a flood
 
 The same requests (rerank: a query and --docs passages cut from pydoc_data.topics; embed: --docs
 passages) run at each concurrency three ways: "direct" (threads calling Reranker.score /
@@ -11,6 +12,10 @@ subprocess on a loopback port; aiohttp, or threads with http.client where aiohtt
 http/direct is the serving overhead (goal: >= 0.9 at concurrency 32). Random weights of the real
 shapes: speeds are honest, scores mean nothing. Exits 0 with a note where fastapi, uvicorn or
 prometheus_client are missing (machines without the `serve` extra).
+
+`--scenario hostile` (rerank) measures instead what one client can do to the others: small-request
+p50/p99 and /health latency while a large request (--large-docs documents near --max-length tokens)
+runs, and while --flood-clients threads post 4 MiB bodies of wrongly typed documents (serving_hostile.py).
 """
 
 import argparse
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from serving_hostile import print_hostile, run_hostile  # beside this script
 
 from qrerank import Embedder, Reranker
 from qrerank.bench.corpus import passages, queries
@@ -152,7 +158,7 @@ def max_difference(url: str, kind: str, requests: list[Request], direct: Callabl
     return worst
 
 
-def start_server(args: argparse.Namespace, checkpoint: Path) -> tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, checkpoint: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -162,7 +168,7 @@ def start_server(args: argparse.Namespace, checkpoint: Path) -> tuple[subprocess
     argv += ["--max-wait-ms", str(args.max_wait_ms), "--max-length", str(args.max_length), "--log-level", "warning"]
     argv += ["--device", args.device] if args.device else []
     argv += ["--dtype", args.dtype] if args.dtype else []
-    server = subprocess.Popen(argv, cwd=REPO)
+    server = subprocess.Popen([*argv, *extra], cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -190,7 +196,13 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--scenario", default="overhead", choices=["overhead", "hostile"])
+    parser.add_argument("--large-docs", type=int, default=1000, help="hostile: documents of the large request")
+    parser.add_argument("--flood-clients", type=int, default=4, help="hostile: threads posting invalid 4 MiB bodies")
+    parser.add_argument("--hostile-seconds", type=float, default=5.0, help="hostile: length of the idle/flood phases")
     args = parser.parse_args()
+    if args.scenario == "hostile" and args.kind != "rerank":
+        parser.error("the hostile scenario runs a large rerank request: use --kind rerank")
 
     missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if not importlib.util.find_spec(name)]
     if missing:
@@ -204,6 +216,9 @@ def main() -> None:
     asks = queries(args.requests) if args.kind == "rerank" else [""] * args.requests
     requests = [(q, texts[i * args.docs : (i + 1) * args.docs]) for i, q in enumerate(asks)]
     results: dict[str, Any] = {k: getattr(args, k) for k in ("kind", "preset", "docs", "words", "requests")}
+    if args.scenario == "hostile":
+        hostile(args, requests, results)
+        return
     with tempfile.TemporaryDirectory(prefix="qrerank-serving-") as tmp:
         checkpoint = random_checkpoint(tmp, args.preset, "reranker" if args.kind == "rerank" else "embedding")
         engine_args = dict(device=args.device, dtype=args.dtype, max_length=args.max_length)
@@ -244,6 +259,30 @@ def main() -> None:
     verdict = "met" if overhead < 0.10 else "NOT met"
     print(f"serving overhead at concurrency {top}: {overhead:+.1%} (goal < 10%: {verdict})")
     results["overhead_at_max_concurrency"] = overhead
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def hostile(args: argparse.Namespace, requests: list[Request], results: dict[str, Any]) -> None:
+    words = max(8, int(args.max_length / 1.2))  # about 1.4 tokens a word: each document is cut at max_length
+    documents = passages(args.large_docs, words, words, seed=1)
+    large = ("/rerank", {"query": "How do large requests share the engine?", "texts": documents, "truncate": True})
+    small = [http_body("rerank", request) for request in requests]
+    with tempfile.TemporaryDirectory(prefix="qrerank-serving-") as tmp:
+        checkpoint = random_checkpoint(tmp, args.preset, "reranker")
+        server, url = start_server(args, checkpoint, "--max-body-bytes", str(256 * 1024 * 1024))
+        try:
+            print(
+                f"random-weight {args.preset} reranker, hostile: {max(args.concurrency)} small clients ({args.docs} x "
+                f"{args.words} words), a large request of {args.large_docs} x {words} words, "
+                f"{args.flood_clients} flooding clients"
+            )
+            outcome = run_hostile(url, small, large, max(args.concurrency), args.flood_clients, args.hostile_seconds)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print_hostile(outcome)
+    results.update(scenario="hostile", large_docs=args.large_docs, large_words=words, hostile=outcome)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

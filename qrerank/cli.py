@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,9 +77,6 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-model", default=None, help="embedding checkpoint directory or hub id")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health"
-    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument(
@@ -100,6 +98,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish requests on shutdown")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _api_arguments(parser)
+    _serve_guard_arguments(parser)
 
 
 def _api_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,9 +161,64 @@ def _api_options(args: argparse.Namespace) -> dict[str, object]:
     )
 
 
+API_KEY_ENV = "QRERANK_API_KEY"
+
+
+def _serve_guard_arguments(parser: argparse.ArgumentParser) -> None:
+    """Who may call the server, and how many connections it holds for how long."""
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help=f"require 'Authorization: Bearer KEY' on every route but /health; repeat for several keys. Visible "
+        f"to every user in `ps`: prefer --api-key-file or the {API_KEY_ENV} environment variable",
+    )
+    parser.add_argument("--api-key-file", default=None, help="a file of API keys, one per line")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=serving.DEFAULT_MAX_CONNECTIONS,
+        help="open client connections; more are answered 503 at once",
+    )
+    limits = serving.ConnectionLimits()
+    parser.add_argument(
+        "--idle-timeout", type=float, default=limits.idle_timeout_s, help="seconds a connection may wait for a request"
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=limits.header_timeout_s, help="seconds to send a request's headers"
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=limits.body_timeout_s, help="seconds to send a request's body"
+    )
+
+
+def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every key from --api-key, --api-key-file (one per line, blank lines skipped) and QRERANK_API_KEY."""
+    keys = list(args.api_key)
+    if args.api_key_file is not None:
+        with open(args.api_key_file, encoding="utf-8") as lines:
+            from_file = [key for key in (line.strip(" \t\r\n") for line in lines) if key]
+        if not from_file:
+            raise ValueError(f"--api-key-file {args.api_key_file} holds no key")
+        keys += from_file
+    if os.environ.get(API_KEY_ENV):
+        keys.append(os.environ[API_KEY_ENV])
+    return tuple(keys)
+
+
+def _connection_limits(args: argparse.Namespace) -> serving.ConnectionLimits:
+    return serving.ConnectionLimits(
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:  # the `serve` extra
         from qrerank.serving.app import create_app
+        from qrerank.serving.connections import reserve_file_descriptors
         from qrerank.serving.server import serve
     except ImportError as err:
         print(f"qrerank serve: error: {err.name} is missing; pip install 'qrerank[serve]'", file=sys.stderr)
@@ -183,7 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ValueError("give --model (a reranker), --embedding-model, or both")
         options = serving.ServerOptions(
             **_api_options(args),  # type: ignore[arg-type]
-            api_key=args.api_key,
+            api_keys=_api_keys(args),
             max_body_bytes=args.max_body_bytes,
             max_inputs=args.max_inputs,
             auto_truncate=args.auto_truncate,
@@ -191,13 +245,22 @@ def _serve(args: argparse.Namespace) -> int:
             max_wait_ms=args.max_wait_ms,
             max_batch_sequences=args.max_batch_sequences,
         )
+        limits = _connection_limits(args)
+        reserve_file_descriptors(limits)  # before the models load: a wrong limit fails fast
         reranker = None if args.model is None else Reranker(args.model, **engine)
         embedder = None if args.embedding_model is None else Embedder(args.embedding_model, **engine)
         app = create_app(reranker, embedder, options)
     except (TypeError, ValueError, OSError) as err:
         print(f"qrerank serve: error: {err}", file=sys.stderr)
         return 2
-    serve(app, host=args.host, port=args.port, graceful_timeout_s=args.graceful_timeout, log_level=args.log_level)
+    serve(
+        app,
+        host=args.host,
+        port=args.port,
+        graceful_timeout_s=args.graceful_timeout,
+        log_level=args.log_level,
+        limits=limits,
+    )
     return 0
 
 

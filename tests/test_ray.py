@@ -78,7 +78,7 @@ def test_serve_deployment_answers_the_http_api(
             embedding_dir,
             served_model_name="rr",
             engine_args={"device": "cpu", "max_length": 256},
-            api_key="ray-key",
+            api_keys=("ray-key",),
         )
         serve.run(deployment.options(ray_actor_options={"num_cpus": 0}).bind(), name="qrerank", route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer ray-key"}) as client:

@@ -28,7 +28,7 @@ DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "", "France is
 
 @pytest.fixture(scope="module")
 def server(reranker: Reranker, embedder: Embedder) -> Iterator[BackgroundServer]:
-    options = ServerOptions(reranker_name=RERANKER_NAME, embedder_name=EMBEDDER_NAME, api_key=KEY)
+    options = ServerOptions(reranker_name=RERANKER_NAME, embedder_name=EMBEDDER_NAME, api_keys=(KEY,))
     with BackgroundServer(create_app(reranker, embedder, options)) as running:
         yield running
 

@@ -36,7 +36,7 @@ def url(reranker: Reranker, embedder: Embedder) -> Iterator[str]:
     options = ServerOptions(
         reranker_name=RERANKER,
         embedder_name=EMBEDDER,
-        api_key=KEY,
+        api_keys=(KEY,),
         accept_any_model_name=True,  # clients that hard-code a name (text-embedding-3-small, rerank-v3.5)
         prompts={"query": QUERY_PROMPT},
     )

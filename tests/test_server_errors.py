@@ -19,7 +19,7 @@ from qrerank.serving.server import BackgroundServer  # noqa: E402
 
 KEY = "secret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-LIMITS = dict(reranker_name="rr", embedder_name="ee", api_key=KEY, max_body_bytes=4096, max_inputs=4)
+LIMITS = dict(reranker_name="rr", embedder_name="ee", api_keys=(KEY,), max_body_bytes=4096, max_inputs=4)
 RERANK = {"query": "q", "documents": ["a", "b"]}
 EMBED = {"input": ["a"]}
 
@@ -190,8 +190,14 @@ def test_server_options_are_checked() -> None:
         ServerOptions(reranker_name="m", max_inputs=0)
     with pytest.raises(ValueError, match="request_timeout_s must be > 0, got 0"):
         ServerOptions(reranker_name="m", request_timeout_s=0)
-    with pytest.raises(ValueError, match="api_key must not be empty"):
-        ServerOptions(reranker_name="m", api_key="")
+    with pytest.raises(ValueError, match=r"api_keys\[1\] is empty"):
+        ServerOptions(reranker_name="m", api_keys=("k", ""))
+    with pytest.raises(ValueError, match=r"api_keys\[0\] is empty, or starts or ends with whitespace"):
+        ServerOptions(reranker_name="m", api_keys=(" padded",))
+    with pytest.raises(ValueError, match="control characters"):
+        ServerOptions(reranker_name="m", api_keys=("line\nbreak",))
+    with pytest.raises(TypeError, match="api_keys must be a tuple of strings, got str"):
+        ServerOptions(reranker_name="m", api_keys="one-key")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must not be blank"):
         ServerOptions(reranker_name=" ")
 

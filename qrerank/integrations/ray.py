@@ -109,7 +109,7 @@ def serve_deployment(
     """A Ray Serve deployment serving qrerank's HTTP API (see `qrerank serve`) from every replica.
 
     Model names default to the paths given, as with `qrerank serve`; `server_options` are the other
-    `ServerOptions` fields (api_key, max_inputs, ...); `engine_args` go to Reranker and Embedder.
+    `ServerOptions` fields (api_keys, max_inputs, ...); `engine_args` go to Reranker and Embedder.
     Everything is checked here, before any replica starts; the models load in each replica.
     """
     from qrerank.serving.app import create_app  # the `serve` extra, which Ray Serve itself needs

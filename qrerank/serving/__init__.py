@@ -4,6 +4,7 @@
 AsyncEngine needs nothing beyond qrerank itself.
 """
 
-from qrerank.serving.async_engine import AsyncEngine, BatchObserver
+from qrerank.serving.async_engine import AsyncEngine, BatchObserver, EngineClosed, WorkerFault
+from qrerank.serving.health import EngineHealth
 
-__all__ = ["AsyncEngine", "BatchObserver"]
+__all__ = ["AsyncEngine", "BatchObserver", "EngineClosed", "EngineHealth", "WorkerFault"]

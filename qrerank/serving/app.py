@@ -1,8 +1,10 @@
 """create_app: the FastAPI application around an AsyncEngine (routes, API key, metrics, errors, lifespan).
 
-GET /health is open (for load balancers); every other route needs the API key when one is set.
-On shutdown the server stops taking connections, lets the requests in flight finish, and only then
-closes the engine (which itself finishes everything it has queued).
+GET /health is open (for load balancers): 200 while the engine serves, 503 with the reason while it
+does not (closing, or its batching worker just failed). Every other route needs an API key when
+keys are set. No CORS headers are sent: browsers get no cross-origin access, and POST routes take
+only `application/json` bodies (body.py). On shutdown the server stops taking connections, lets the
+requests in flight finish, and only then closes the engine (which finishes everything it has queued).
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from qrerank.embedder import Embedder
 from qrerank.reranker import Reranker
 from qrerank.serving.api import Service, register
 from qrerank.serving.async_engine import AsyncEngine
 from qrerank.serving.auth import bearer_key_check
-from qrerank.serving.errors import install_error_handlers
+from qrerank.serving.errors import error_response, install_error_handlers
 from qrerank.serving.metrics import MetricsMiddleware, ServingMetrics
 from qrerank.serving.options import ServerOptions
 
@@ -49,6 +51,7 @@ def create_app(reranker: Reranker | None, embedder: Embedder | None, options: Se
         max_batch_sequences=options.max_batch_sequences,
         observer=metrics,
     )
+    metrics.engine_faults.set_function(lambda: engine.faults)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -57,14 +60,18 @@ def create_app(reranker: Reranker | None, embedder: Embedder | None, options: Se
 
     app = FastAPI(title="qrerank", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.metrics = engine, metrics
-    install_error_handlers(app)
+    install_error_handlers(app, metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> Response:
+        state = engine.health()
+        if state.ok:
+            return JSONResponse({"status": "ok"})
+        return error_response(503, f"{state.state}: {state.reason}")
 
-    protected = APIRouter(dependencies=[Depends(bearer_key_check(options.api_key))] if options.api_key else [])
+    keys = [Depends(bearer_key_check(options.api_keys))] if options.api_keys else []
+    protected = APIRouter(dependencies=keys)
 
     @protected.get("/metrics")
     async def prometheus_metrics() -> Response:

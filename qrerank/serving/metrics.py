@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -53,6 +53,15 @@ class ServingMetrics:
             "qrerank_batch_retries", "requests of failed merged passes retried alone", ["kind"], registry=r
         )
         self.cancelled = Counter("qrerank_cancelled", "queued requests dropped by their callers", ["kind"], registry=r)
+        self.disconnects = Counter(
+            "qrerank_client_disconnects",
+            "requests whose client left before the answer (stage: body or waiting)",
+            ["route", "stage"],
+            registry=r,
+        )
+        self.engine_faults = Gauge(
+            "qrerank_engine_faults", "batching worker faults survived (each failed the requests it held)", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -62,6 +71,9 @@ class ServingMetrics:
         if status >= 400:
             self.errors.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def observe_disconnect(self, route: str, stage: str) -> None:
+        self.disconnects.labels(route, stage).inc()
 
     # BatchObserver
     def observe_batch(self, kind: str, queue_seconds: Sequence[float], sequences: int, run_seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""ServerOptions: the served model names and the limits of the HTTP server, validated once."""
+"""ServerOptions and ConnectionLimits: the served model names and the limits of the HTTP server, validated once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from qrerank.validation import check_bool, check_int, check_optional_str, check_
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_INPUTS = 1024
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_MAX_CONNECTIONS = 1024
 # The web-search task of the Qwen3-Embedding recipe: the instruction of queries that name no other
 DEFAULT_QUERY_INSTRUCTION = DEFAULT_RERANK_INSTRUCTION
 
@@ -24,8 +25,9 @@ class ServerOptions:
     `reranker_name` / `embedder_name`: the names clients use in `model` fields and URLs (None when
     that model is not served); `reranker_aliases` / `embedder_aliases`: further names of the same
     model. `accept_any_model_name`: a name served by no model is answered by the one model of the kind
-    the route needs (for clients that hard-code a name) instead of 404. `api_key`: when set, every
-    route but /health needs `Authorization: Bearer <api_key>`. `max_body_bytes`: larger bodies get 413.
+    the route needs (for clients that hard-code a name) instead of 404. `api_keys`: when any are given,
+    every route but /health needs `Authorization: Bearer <one of them>` (a key is any text a header can
+    carry; clients send it as UTF-8). `max_body_bytes`: larger bodies get 413.
     `max_inputs`: documents of a rerank request or inputs of an embedding request (413 beyond).
     `auto_truncate`: cut inputs longer than the engine's max_length as the official recipe does
     (a request's own `truncate` overrides it); otherwise such an input gets 413.
@@ -39,7 +41,7 @@ class ServerOptions:
 
     reranker_name: str | None = None
     embedder_name: str | None = None
-    api_key: str | None = None
+    api_keys: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_inputs: int = DEFAULT_MAX_INPUTS
     auto_truncate: bool = False
@@ -71,8 +73,16 @@ class ServerOptions:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"the served models are both named {repeated[0]!r}; give each name to one model once")
-        if self.api_key is not None and not check_str(self.api_key, "api_key"):
-            raise ValueError("api_key must not be empty (leave it unset to serve without a key)")
+        if isinstance(self.api_keys, str) or not isinstance(self.api_keys, (tuple, list)):
+            raise TypeError(f"api_keys must be a tuple of strings, got {type(self.api_keys).__name__}")
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
+        for i, key in enumerate(self.api_keys):  # never shown: a key is a secret
+            check_str(key, f"api_keys[{i}]")
+            if not key or key != key.strip(" \t") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+                raise ValueError(
+                    f"api_keys[{i}] is empty, or starts or ends with whitespace, or holds control characters: "
+                    "no client could send it in an Authorization header"
+                )
         check_int(self.max_body_bytes, "max_body_bytes", 1)
         check_int(self.max_inputs, "max_inputs", 1)
         check_bool(self.auto_truncate, "auto_truncate")
@@ -103,3 +113,29 @@ class ServerOptions:
     @property
     def served_names(self) -> list[str]:
         return [*self.reranker_names, *self.embedder_names]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections the server holds, and how long each may take to send a request (connections.py).
+
+    `idle_timeout_s`: a connection without a request in progress, from connect or from its last answer.
+    `header_timeout_s`: from a request's first byte to the end of its headers (at most
+    `max_header_bytes`). `body_timeout_s`: from the end of its headers to the end of its body.
+    """
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        check_int(self.max_connections, "max_connections", 1)
+        check_int(self.max_header_bytes, "max_header_bytes", 1024)
+        for name in ("idle_timeout_s", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be > 0 and finite, got {value}")

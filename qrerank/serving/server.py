@@ -2,6 +2,8 @@
 
 Graceful shutdown is uvicorn's: on SIGINT/SIGTERM it stops accepting connections, waits up to
 `graceful_timeout_s` for the requests in flight, then runs the app's shutdown (closing the engine).
+Connections are held to `ConnectionLimits` (connections.py): a cap, and deadlines for idle, header
+and body stages.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from types import TracebackType
 
 import uvicorn
 from fastapi import FastAPI
+
+from qrerank.serving.connections import reserve_file_descriptors, uvicorn_settings
+from qrerank.serving.options import ConnectionLimits
 
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only unless asked otherwise
 DEFAULT_PORT = 8000
@@ -26,10 +31,19 @@ def serve(
     port: int = DEFAULT_PORT,
     graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S,
     log_level: str = "info",
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve `app` until SIGINT/SIGTERM."""
+    limits = limits or ConnectionLimits()
+    reserve_file_descriptors(limits)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout_s, lifespan="on"
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=graceful_timeout_s,
+        lifespan="on",
+        **uvicorn_settings(limits),
     )
     uvicorn.Server(config).run()
 
@@ -49,12 +63,21 @@ class BackgroundServer:
         host: str = DEFAULT_HOST,
         graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S,
         log_level: str = "warning",
+        limits: ConnectionLimits | None = None,
     ) -> None:
+        limits = limits or ConnectionLimits()
+        reserve_file_descriptors(limits)
+        self.app = app
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind((host, 0))  # the kernel picks a free port; binding here leaves no race with others
         self.host, self.port = self._socket.getsockname()[:2]
         config = uvicorn.Config(
-            app, log_level=log_level, timeout_graceful_shutdown=graceful_timeout_s, lifespan="on", access_log=False
+            app,
+            log_level=log_level,
+            timeout_graceful_shutdown=graceful_timeout_s,
+            lifespan="on",
+            access_log=False,
+            **uvicorn_settings(limits),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

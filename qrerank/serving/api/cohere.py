@@ -40,7 +40,7 @@ class RerankRequest(VllmOptions, kw_only=True):
     """v1 / Jina / vLLM / Infinity; `raw_scores` is Infinity's, and asks for Infinity's answer."""
 
     query: str
-    documents: Annotated[list[str | dict[str, str]], NonEmpty]
+    documents: Annotated[list[str | Annotated[dict[str, str], NonEmpty]], NonEmpty]  # an object has fields to rank
     model: str | None = None
     top_n: TopN | None = None
     rank_fields: Annotated[list[str], NonEmpty] | None = None
@@ -100,7 +100,7 @@ class CohereRoutes:
 
     async def rerank(self, request: Request) -> JSONResponse:
         body = await self.service.read(request, RerankRequest)
-        ranked = await rank(self.service, body)
+        ranked = await rank(self.service, request, body)
         if body.raw_scores is not msgspec.UNSET:  # an Infinity body
             return infinity.answer(ranked, body.documents if body.return_documents else None)
         scores = ranked.scores
@@ -117,6 +117,7 @@ class CohereRoutes:
         name = service.reranker(body.model)
         service.check_top_n(body.top_n)
         scored = await service.score(
+            request,
             [body.query],
             body.documents,
             instruction=body.instruction,
@@ -130,7 +131,7 @@ class CohereRoutes:
 
     async def embed(self, request: Request) -> JSONResponse:
         body = await self.service.read(request, EmbedRequest)
-        texts, embedded = await self._embed(body, body.texts, None)
+        texts, embedded = await self._embed(request, body, body.texts, None)
         if body.embedding_types is None:  # v1's plain answer
             answer = {"response_type": "embeddings_floats", "embeddings": embedded.vectors.tolist()}
         else:
@@ -150,12 +151,14 @@ class CohereRoutes:
         max_length = self.service.embed_tokens.max_length if self.service.embed_tokens else 0
         if body.max_tokens is not None and body.max_tokens < max_length:
             raise ApiError(422, f"max_tokens: inputs are cut at the model's limit of {max_length} tokens, not before")
-        texts, embedded = await self._embed(body, texts, body.output_dimension)
+        texts, embedded = await self._embed(request, body, texts, body.output_dimension)
         by_type = _by_type(embedded, body.embedding_types or ["float"])
         answer = {"id": str(uuid.uuid4()), "response_type": "embeddings_by_type", "embeddings": by_type}
         return JSONResponse({**answer, "texts": texts, "meta": _meta("2", embedded.tokens)})
 
-    async def _embed(self, body: EmbedRequest, texts: list[str] | None, dim: int | None) -> tuple[list[str], Embedded]:
+    async def _embed(
+        self, request: Request, body: EmbedRequest, texts: list[str] | None, dim: int | None
+    ) -> tuple[list[str], Embedded]:
         service = self.service
         service.embedder(body.model)
         if body.images or body.input_type == "image":
@@ -171,7 +174,13 @@ class CohereRoutes:
         cut = None if body.truncate is None else body.truncate != "NONE"
         truncate = service.truncation(cut, body.truncate, "truncate")
         embedded = await service.embed(
-            texts, instruction=instruction, dim=dim, truncate=truncate, field="texts", dim_field="output_dimension"
+            request,
+            texts,
+            instruction=instruction,
+            dim=dim,
+            truncate=truncate,
+            field="texts",
+            dim_field="output_dimension",
         )
         return texts, embedded
 
@@ -186,11 +195,12 @@ class Ranked:
     tokens: int
 
 
-async def rank(service: Service, body: RerankRequest) -> Ranked:
+async def rank(service: Service, request: Request, body: RerankRequest) -> Ranked:
     name = service.reranker(body.model)
     service.check_top_n(body.top_n)
     docs = [_ranked_text(doc, i, body.rank_fields) for i, doc in enumerate(body.documents)]
     scored = await service.score(
+        request,
         [body.query],
         docs,
         instruction=body.instruction,

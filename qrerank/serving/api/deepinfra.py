@@ -45,5 +45,5 @@ class DeepInfraRoutes:
                 f"got {len(queries)}",
             )
         truncate = service.truncation(None)
-        scored = await service.score(queries, body.documents, instruction=body.instruction, truncate=truncate)
+        scored = await service.score(request, queries, body.documents, instruction=body.instruction, truncate=truncate)
         return JSONResponse({"scores": scored.scores.tolist(), "input_tokens": scored.tokens})

@@ -59,6 +59,7 @@ class OpenAIRoutes:
         truncate = service.truncation(None)  # OpenAI has no per-request choice: the server's --auto-truncate
         if all(isinstance(item, str) for item in inputs):
             embedded = await service.embed(
+                request,
                 inputs,  # type: ignore[arg-type]
                 instruction=body.instruction,
                 dim=body.dimensions,
@@ -73,7 +74,7 @@ class OpenAIRoutes:
                 sequences = inputs
             else:
                 raise ApiError(422, "input: a list of texts, of token ids, or of token-id lists, not a mix of them")
-            embedded = await service.embed_token_ids(sequences, dim=body.dimensions, truncate=truncate)  # type: ignore[arg-type]
+            embedded = await service.embed_token_ids(request, sequences, dim=body.dimensions, truncate=truncate)  # type: ignore[arg-type]
         vectors = embedded.vectors
         encoded = base64_vectors(vectors) if body.encoding_format == "base64" else vectors.tolist()
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]

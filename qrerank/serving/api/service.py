@@ -3,9 +3,10 @@
 A route handler decodes its body (`Service.read`), resolves the model name (`reranker` /
 `embedder`: 404 for a name not served), turns the peer API's fields into qrerank's (`truncation`,
 `prompt`), hands the inputs to `embed` / `score`, and shapes the answer. `embed` and `score` are the
-only callers of the token counter and the engine: they check the input count (413), count the recipe
-tokens and apply the per-input limit (413), await the engine under the request timeout (504) and
-count the prompt tokens for `usage` and the metrics.
+only callers of the token counter and the engine: they check the input count (413), make the engine
+requests and count their recipe tokens in one call on a worker thread (prepare.py: the per-input
+limit, 413), await the engine while the client waits, under the request timeout (lifecycle.py: 504;
+a client gone cancels the work), and count the prompt tokens for `usage` and the metrics.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import msgspec
 import numpy as np
 from fastapi import Request
 
-from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.serving.async_engine import AsyncEngine
-from qrerank.serving.body import decode, read_body, read_request
+from qrerank.serving.body import bounded_variant, decode, read_body, read_request
 from qrerank.serving.errors import ApiError
+from qrerank.serving.lifecycle import all_of, while_connected
 from qrerank.serving.metrics import ServingMetrics
 from qrerank.serving.options import ServerOptions
+from qrerank.serving.prepare import embed_work, score_work, token_ids_work
 from qrerank.serving.schemas import S, Schema, strict_variant
-from qrerank.serving.tokens import InputTooLong, TokenCounter
+from qrerank.serving.tokens import TokenCounter
 
 T = TypeVar("T")
 
@@ -61,6 +63,9 @@ class Service:
         checkpoint_prompts = engine.embedder.prompts if engine.embedder is not None else {}
         self.prompts: dict[str, str] = {**checkpoint_prompts, **options.prompts}
         self.created = int(time.time())
+        # No list in a body is decoded past what some route could take: an input count, or one input's token ids
+        lengths = [model.engine.options.max_length for model in (engine.reranker, engine.embedder) if model is not None]
+        self.max_list_items = max(options.max_inputs, *lengths)
 
     async def read(self, request: Request, schema: type[S]) -> S:
         """The body decoded into `schema` (its strict variant under --strict-fields); 400/413/422 otherwise."""
@@ -76,7 +81,7 @@ class Service:
         raise ApiError(422, f"the body has none of the fields {', '.join(map(repr, schemas))}, so it fits no API here")
 
     def _variant(self, schema: type[S]) -> type[S]:
-        return strict_variant(schema) if self.options.strict_fields else schema
+        return bounded_variant(strict_variant(schema) if self.options.strict_fields else schema, self.max_list_items)
 
     def reranker(self, requested: str | None) -> str:
         """The served name answering a request for `requested` (None: the request names no model)."""
@@ -131,6 +136,7 @@ class Service:
 
     async def embed(
         self,
+        request: Request,
         texts: Sequence[str],
         *,
         instruction: str | None = None,
@@ -148,50 +154,42 @@ class Service:
         self.check_count(len(texts), field)
         if prompt is not None and instruction is not None:
             raise ApiError(422, "a prompt (prompt_name) and an instruction were both given; the model takes one")
-        if prompt is not None:  # LEAD: EmbedRequest(prompt=...) once it exists; it tokenizes prompt + text the same
-            texts = [prompt + text for text in texts]
-        self._check_dim(EmbedRequest(texts, instruction, dim, normalize), dim_field)
+        options = dict(instruction=instruction, prompt=prompt, dim=dim, normalize=normalize, truncate=truncate)
 
         async def run() -> Embedded:
-            request = EmbedRequest(texts, instruction, dim, normalize)
-            tokenized = await asyncio.to_thread(counter.embed_tokens, request, truncate, field)
-            vectors = await self.engine.embed(
-                texts, instruction=instruction, dim=dim, normalize=normalize, tokenized=tokenized
+            prepared = await asyncio.to_thread(
+                embed_work, counter, embedder, texts, **options, field=field, dim_field=dim_field
             )
-            return Embedded(vectors, tokenized.tokens)
+            vectors = await self.engine.submit(prepared.request, tokenized=prepared.tokenized)
+            return Embedded(vectors, prepared.tokens)
 
-        return self._counted(await self._within_timeout(run()), self.options.embedder_name)
+        return self._counted(await self._within_timeout(request, run()), self.options.embedder_name)
 
     async def embed_token_ids(
-        self, sequences: Sequence[Sequence[int]], *, dim: int | None, truncate: bool, field: str = "input"
+        self,
+        request: Request,
+        sequences: Sequence[Sequence[int]],
+        *,
+        dim: int | None,
+        truncate: bool,
+        field: str = "input",
     ) -> Embedded:
         """Embeddings of texts given as token ids (OpenAI's list-of-ints input): each sequence is the text's
         ids, checked against the vocabulary, cut as a text would be, then `<|endoftext|>` as for text."""
         embedder = self.engine.embedder
         assert embedder is not None
         self.check_count(len(sequences), field)
-        prompt = embedder.prompt
-        vocab = min(prompt.tokenizer.get_vocab_size(with_added_tokens=True), embedder.engine.config.vocab_size)
-        ids = []
-        for i, seq in enumerate(sequences):
-            if max(seq) >= vocab:
-                raise ApiError(422, f"{field}[{i}] holds the token id {max(seq)}, outside the vocabulary [0, {vocab})")
-            if len(seq) > prompt.text_budget:
-                if not truncate:
-                    raise InputTooLong(field, i, embedder.engine.options.max_length)
-                seq = seq[: prompt.text_budget]
-            ids.append([*seq, prompt.eos_id])
-        texts = prompt.tokenizer.decode_batch([list(seq) for seq in sequences], skip_special_tokens=False)
-        self._check_dim(EmbedRequest(texts, None, dim), "dimensions")
 
         async def run() -> Embedded:
-            vectors = await self.engine.embed(texts, dim=dim, tokenized=Tokenized(ids))
-            return Embedded(vectors, sum(map(len, ids)))
+            prepared = await asyncio.to_thread(token_ids_work, embedder, sequences, dim, truncate, field)
+            vectors = await self.engine.submit(prepared.request, tokenized=prepared.tokenized)
+            return Embedded(vectors, prepared.tokens)
 
-        return self._counted(await self._within_timeout(run()), self.options.embedder_name)
+        return self._counted(await self._within_timeout(request, run()), self.options.embedder_name)
 
     async def score(
         self,
+        request: Request,
         queries: Sequence[str],
         docs: Sequence[str],
         *,
@@ -210,54 +208,24 @@ class Service:
         counter = self.rerank_tokens
         assert counter is not None
         self.check_count(len(docs), field)
-        pairs = list(queries) * len(docs) if len(queries) == 1 else list(queries)
-        by_query: dict[str, list[int]] = {}  # the documents of one query form one request (a shared prefix)
-        for i, query in enumerate(pairs):
-            by_query.setdefault(query, []).append(i)
-
-        def count() -> list[Tokenized]:  # a chunked document's windows come back as several sequences
-            return [
-                counter.score_tokens(
-                    ScoreRequest(q, [docs[i] for i in idx], instruction, max_chunks_per_doc, max_tokens_per_doc),
-                    truncate,
-                    field,
-                    idx,
-                )
-                for q, idx in by_query.items()
-            ]
+        long_documents = dict(max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc)
 
         async def run() -> Scored:
-            tokenized = await asyncio.to_thread(count)
-            parts = await asyncio.gather(
-                *(
-                    self.engine.score(query, [docs[i] for i in idx], instruction=instruction, raw=raw, tokenized=t)
-                    for (query, idx), t in zip(by_query.items(), tokenized, strict=True)
-                )
+            work = await asyncio.to_thread(
+                score_work, counter, queries, docs, instruction, truncate, field, **long_documents
             )
-            scores = np.empty(len(docs), dtype=np.float32)
-            for idx, values in zip(by_query.values(), parts, strict=True):
-                scores[idx] = values
-            return Scored(scores, sum(t.tokens for t in tokenized))
+            parts = await all_of(self.engine.submit(r, raw=raw, tokenized=t) for r, t in work.requests)
+            return Scored(work.scores(parts), work.tokens)
 
-        return self._counted(await self._within_timeout(run()), self.options.reranker_name)
-
-    def _check_dim(self, request: EmbedRequest, field: str) -> None:
-        assert self.engine.embedder is not None
-        try:
-            self.engine.embedder.check(request)
-        except ValueError as err:
-            raise ApiError(422, f"{field}: {err}") from None
+        return self._counted(await self._within_timeout(request, run()), self.options.reranker_name)
 
     def _counted(self, result: R, model: str | None) -> R:
         self.metrics.tokens.labels(model).inc(result.tokens)
         return result
 
-    async def _within_timeout(self, work: Awaitable[T]) -> T:
-        """Cancelling on timeout also drops the request's queued work (AsyncEngine removes cancelled callers)."""
-        try:
-            return await asyncio.wait_for(work, self.options.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, f"the request was not answered within {self.options.request_timeout_s} s") from None
+    async def _within_timeout(self, request: Request, work: Awaitable[T]) -> T:
+        """`work` cancelled (its queued engine work dropped) when the client leaves or the timeout passes (504)."""
+        return await while_connected(request, work, self.options.request_timeout_s)
 
 
 def ranking(scores: np.ndarray, top_n: int | None = None) -> list[int]:

@@ -67,23 +67,24 @@ class TeiRoutes:
 
     async def root(self, request: Request) -> JSONResponse:
         body = await self.service.read_by_shape(request, {"inputs": EmbedRequest, "texts": RerankRequest})
-        return await (self._embed(body) if isinstance(body, EmbedRequest) else self._rerank(body))  # type: ignore[arg-type]
+        return await (self._embed(request, body) if isinstance(body, EmbedRequest) else self._rerank(request, body))  # type: ignore[arg-type]
 
     async def embed(self, request: Request) -> JSONResponse:
-        return await self._embed(await self.service.read(request, EmbedRequest))
+        return await self._embed(request, await self.service.read(request, EmbedRequest))
 
     async def rerank(self, request: Request) -> JSONResponse:
         body = await self.service.read_by_shape(request, {"texts": RerankRequest, "documents": cohere.RerankRequest})
         if isinstance(body, RerankRequest):
-            return await self._rerank(body)
+            return await self._rerank(request, body)
         assert isinstance(body, cohere.RerankRequest)
-        ranked = await cohere.rank(self.service, body)
+        ranked = await cohere.rank(self.service, request, body)
         return infinity.answer(ranked, body.documents if body.return_documents else None)
 
-    async def _embed(self, body: EmbedRequest) -> JSONResponse:
+    async def _embed(self, request: Request, body: EmbedRequest) -> JSONResponse:
         service = self.service
         service.embedder(None)
         embedded = await service.embed(
+            request,
             [body.inputs] if isinstance(body.inputs, str) else body.inputs,
             instruction=body.instruction,
             prompt=service.prompt(body.prompt_name),
@@ -94,10 +95,11 @@ class TeiRoutes:
         )
         return JSONResponse(embedded.vectors.tolist())
 
-    async def _rerank(self, body: RerankRequest) -> JSONResponse:
+    async def _rerank(self, request: Request, body: RerankRequest) -> JSONResponse:
         service = self.service
         service.reranker(None)
         scored = await service.score(
+            request,
             [body.query],
             body.texts,
             instruction=body.instruction,

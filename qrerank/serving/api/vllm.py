@@ -80,7 +80,7 @@ class VllmRoutes:
             )
         truncate = service.truncation(body.truncate())
         scored = await service.score(
-            queries, docs, instruction=body.instruction, raw=body.raw(), truncate=truncate, field="text_2"
+            request, queries, docs, instruction=body.instruction, raw=body.raw(), truncate=truncate, field="text_2"
         )
         data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scored.scores)]
         usage = {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens, "completion_tokens": 0}
