@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from qrerank.bench import run as bench_run
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
+from qrerank.prompts import SPECIAL_TOKENS
 from qrerank.serving import options as serving
 
 _MAX_LENGTH_HELP = f"default: {DEFAULT_MAX_LENGTH}, or the model's max_position_embeddings when smaller"
@@ -24,6 +25,17 @@ def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> No
     parser.add_argument("--max-length", type=int, default=None, help=_MAX_LENGTH_HELP)
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--instruction", default=None)
+    _special_tokens_argument(parser)
+
+
+def _special_tokens_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--special-tokens",
+        choices=SPECIAL_TOKENS,
+        default="parse",
+        help="parse: control tokens such as <|im_end|> written in user text act as such (the official recipe); "
+        "plain: user text is tokenized as ordinary text (default parse)",
+    )
 
 
 def _read_texts(given: list[str], path: str | None) -> list[str]:
@@ -74,6 +86,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"tokens per input: longer ones get 413 or are cut; {_MAX_LENGTH_HELP}",
     )
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
+    _special_tokens_argument(parser)
     parser.add_argument("--auto-truncate", action="store_true", help="cut over-long inputs as the recipe does")
     parser.add_argument("--max-body-bytes", type=int, default=serving.DEFAULT_MAX_BODY_BYTES)
     parser.add_argument(
@@ -213,7 +226,11 @@ def _serve(args: argparse.Namespace) -> int:
     from qrerank import Embedder, Reranker
 
     engine = dict(
-        device=args.device, dtype=args.dtype, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        max_batch_tokens=args.max_batch_tokens,
+        special_tokens=args.special_tokens,
     )
     try:
         if args.model is None and args.embedding_model is None:
@@ -257,7 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qrerank import Embedder, Reranker
 
     engine = dict(
-        device=args.device, dtype=args.dtype, max_length=args.max_length, max_batch_tokens=args.max_batch_tokens
+        device=args.device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        max_batch_tokens=args.max_batch_tokens,
+        special_tokens=args.special_tokens,
     )
     try:
         if args.command == "score":

@@ -12,10 +12,10 @@ from tqdm.auto import tqdm
 
 from qrerank.checkpoint import Checkpoint
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, Engine, EngineOptions
-from qrerank.prompts import EmbeddingPrompt
+from qrerank.prompts import SPECIAL_TOKENS, EmbeddingPrompt
 from qrerank.requests import EmbedRequest, Tokenized
 from qrerank.st_folder import read_sentence_transformers
-from qrerank.validation import check_bool, check_int, check_optional_str
+from qrerank.validation import check_bool, check_choice, check_int, check_optional_str
 
 MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 
@@ -23,9 +23,11 @@ MIN_DIM = 32  # the smallest Matryoshka dimension Qwen3-Embedding is trained for
 class Embedder:
     """A Qwen3-Embedding checkpoint (local directory or hub id) loaded on one device.
 
-    `max_length`, `backend`, `share_prefix`, `cuda_graphs` and `warmup` as for Reranker; a request's texts
-    form one group, so an instruction's tokens are computed once per micro-batch. A sentence-transformers
-    folder's named prompts are `prompts`; one whose modules pool other than by the last token is refused.
+    `max_length`, `backend`, `share_prefix`, `cuda_graphs`, `warmup` and `special_tokens` as for Reranker; a
+    request's texts form one group, so an instruction's tokens are computed once per micro-batch. A
+    sentence-transformers folder's named prompts are `prompts`; one whose modules pool other than by the last
+    token is refused. The `<|endoftext|>` that the recipe appends is the template's: a text's own
+    `<|endoftext|>` stays one too under "parse".
     """
 
     def __init__(
@@ -40,16 +42,18 @@ class Embedder:
         share_prefix: bool = True,
         cuda_graphs: bool | None = None,
         warmup: bool | None = None,
+        special_tokens: str = "parse",
     ) -> None:
         options = EngineOptions.validate(
             device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs, warmup
         )
+        check_choice(special_tokens, "special_tokens", SPECIAL_TOKENS)
         ckpt = Checkpoint.open(model)
         options = options.fit(ckpt.config)
         folder = read_sentence_transformers(ckpt.path)
         self.prompts: dict[str, str] = folder.prompts if folder else {}  # name -> raw text prefix
         self.default_prompt_name = folder.default_prompt_name if folder else None
-        self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length)
+        self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length, special_tokens)
         self.engine = Engine(ckpt, options)
 
     @property
@@ -109,10 +113,7 @@ class Embedder:
 
     def encode(self, request: EmbedRequest, start: int = 0, end: int | None = None) -> list[list[int]]:
         """The official recipe's token ids of each text of `request` (texts start:end), as embedding uses them."""
-        texts = request.texts[start:end]
-        if request.prompt:  # a sentence-transformers prompt: a raw prefix of the text itself
-            texts = [request.prompt + text for text in texts]
-        return self.prompt.encode(texts, request.instruction)
+        return self.prompt.encode(request.texts[start:end], request.instruction, request.prompt)
 
     def tokenize(self, request: EmbedRequest) -> Tokenized:
         """The sequences `embed_batch` runs for `request` (for a caller that schedules them itself)."""

@@ -17,7 +17,17 @@ from qrerank.validation import resolve_device, resolve_dtype
 
 DEFAULT_RERANKER = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_EMBEDDER = "Qwen/Qwen3-Embedding-0.6B"
-_ENGINE_ARGS = ("device", "dtype", "max_length", "max_batch_tokens", "backend", "share_prefix", "cuda_graphs")
+_ENGINE_ARGS = (
+    "device",
+    "dtype",
+    "max_length",
+    "max_batch_tokens",
+    "backend",
+    "share_prefix",
+    "cuda_graphs",
+    "warmup",
+    "special_tokens",
+)
 
 
 def score(
@@ -25,8 +35,8 @@ def score(
 ) -> np.ndarray:
     """`Reranker(model, **engine_args).score(query, docs, **rest)` on a cached engine.
 
-    Engine arguments: device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs;
-    the rest go to `score`.
+    Engine arguments: device, dtype, max_length, max_batch_tokens, backend, share_prefix, cuda_graphs,
+    warmup, special_tokens; the rest go to `score`.
     """
     engine_kwargs, call_kwargs = _split(kwargs)
     return _engine(Reranker, os.fspath(model), **engine_kwargs).score(query, docs, **call_kwargs)

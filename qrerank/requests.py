@@ -17,16 +17,28 @@ from qrerank.validation import check_bool, check_int, check_optional_str, check_
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """Relevance of each of `docs` to `query` (one reranker group: they share a prompt prefix)."""
+    """Relevance of each of `docs` to `query` (one reranker group: they share a prompt prefix).
+
+    `max_tokens_per_doc`: each document's own tokens are cut to that many before the template (Cohere
+    v2). `max_chunks_per_doc`: a document too long for the model is scored in up to that many
+    consecutive windows of its tokens, each with the whole template, and gets the best window's
+    score (Cohere); None: the official recipe's truncation.
+    """
 
     query: str
     docs: Sequence[str]
     instruction: str | None = None
+    max_chunks_per_doc: int | None = None
+    max_tokens_per_doc: int | None = None
 
     def __post_init__(self) -> None:
         check_str(self.query, "query")
         object.__setattr__(self, "docs", tuple(check_str_list(self.docs, "docs")))
         check_optional_str(self.instruction, "instruction")
+        if self.max_chunks_per_doc is not None:
+            check_int(self.max_chunks_per_doc, "max_chunks_per_doc", 1)
+        if self.max_tokens_per_doc is not None:
+            check_int(self.max_tokens_per_doc, "max_tokens_per_doc", 1)
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,7 @@ class EmbedRequest:
     prompt: str | None = None
 
     def __post_init__(self) -> None:
-        texts = [self.texts] if isinstance(self.texts, str) else check_str_list(self.texts, "texts")
+        texts = [check_str(self.texts, "texts")] if isinstance(self.texts, str) else check_str_list(self.texts, "texts")
         object.__setattr__(self, "texts", tuple(texts))
         check_optional_str(self.instruction, "instruction")
         if self.dim is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +29,19 @@ def _type_name(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_str(value: Any, name: str) -> str:
+    """A str that is Unicode text: a lone surrogate (which no tokenizer or UTF-8 encoder takes) is refused."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {_type_name(value)}")
+    surrogate = _SURROGATE.search(value)
+    if surrogate is not None:
+        raise ValueError(
+            f"{name} is not valid Unicode text: it holds the lone surrogate U+{ord(surrogate[0]):04X} at "
+            f"character {surrogate.start()}"
+        )
     return value
 
 
@@ -45,8 +56,7 @@ def check_str_list(values: Any, name: str) -> list[str]:
     if not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a list of str, got {_type_name(values)}")
     for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise TypeError(f"{name}[{i}] must be a str, got {_type_name(value)}")
+        check_str(value, f"{name}[{i}]")
     return list(values)
 
 
@@ -71,6 +81,14 @@ def check_int(value: Any, name: str, minimum: int | None, maximum: int | None = 
         else:
             bound = f">= {minimum}" if minimum is not None else f"<= {maximum}"
         raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {_type_name(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 

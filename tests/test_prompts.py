@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from qrerank import Embedder, Reranker
-from qrerank.prompts import RERANK_PREFIX, RERANK_SUFFIX, EmbeddingPrompt, RerankerPrompt
+from qrerank.prompts import RERANK_BODY, RERANK_HEAD, RERANK_PREFIX, RERANK_SUFFIX, EmbeddingPrompt, RerankerPrompt
 from qrerank.tokenize import bundled_tokenizer_json
 
 
@@ -62,3 +62,26 @@ def test_checkpoint_whose_tokenizer_lacks_yes_no_cannot_be_a_reranker(reranker_d
     with pytest.raises(ValueError, match="cannot be a Qwen3 reranker"):
         Reranker(path, device="cpu")
     assert Embedder(path, device="cpu", max_length=64).embed(["maybe"]).shape == (1, 64)
+
+
+def _char_bpe(merge_colon_space: bool) -> Tokenizer:
+    """A character BPE without pre-tokenizer (not Qwen3's pipeline), optionally merging ": " into one token."""
+    chars = sorted(set(RERANK_PREFIX + RERANK_SUFFIX + RERANK_HEAD.format(instruction="i", query="q") + "abcd "))
+    vocab = {ch: i for i, ch in enumerate(chars)} | {"yes": len(chars), "no": len(chars) + 1, ": ": len(chars) + 2}
+    return Tokenizer(models.BPE(vocab, [(":", " ")] if merge_colon_space else []))
+
+
+def test_other_tokenizers_encode_the_body_whole() -> None:
+    """Where the boundary proofs do not apply, the body is encoded whole; windows still start after the head."""
+    tokenizer = _char_bpe(merge_colon_space=False)
+    template = len(tokenizer.encode(RERANK_PREFIX + RERANK_SUFFIX).ids)
+    head = len(tokenizer.encode(RERANK_HEAD.format(instruction="i", query="q")).ids)
+    prompt = RerankerPrompt(tokenizer, max_length=template + head + 100)  # room for 100 document tokens
+    doc = "abcd " * 60  # 300 characters, one token each
+    body = tokenizer.encode(RERANK_BODY.format(instruction="i", query="q", doc=doc)).ids
+    encoded = prompt.tokenize("q", [doc], "i", max_chunks=4)
+    windows = [prompt.prefix_ids + body[:head] + body[start : start + 100] + prompt.suffix_ids for start in
+               (head, head + 100, head + 200, head + 300)]  # fmt: skip
+    assert list(encoded.tokenized.ids) == windows and encoded.cut == [False]  # the last window: the final space
+    with pytest.raises(ValueError, match="joins the reranker template's head to the document"):
+        RerankerPrompt(_char_bpe(merge_colon_space=True), max_length=500).tokenize("q", ["abcd"], "i")

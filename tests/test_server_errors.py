@@ -112,9 +112,6 @@ CASES: list[tuple[str, Any, dict[str, str], int, str]] = [
     ("/v1/embeddings", _with(EMBED), {"Authorization": f"Bearer {KEY}x"}, 401, "API key"),
     ("/v2/rerank", _with(RERANK, documents=[{"text": "a"}]), AUTH, 422, "documents[0]: expected `str`"),
     ("/v2/rerank", _with(RERANK, max_tokens_per_doc=0), AUTH, 422, "max_tokens_per_doc: expected `int` >= 1"),
-    # until the library scores long documents in windows (the lead's merge turns these into 200s)
-    ("/v2/rerank", _with(RERANK, max_tokens_per_doc=100), AUTH, 501, "long-document scoring"),
-    ("/v1/rerank", _with(RERANK, max_chunks_per_doc=2), AUTH, 501, "long-document scoring"),
     ("/v2/embed", _with({"texts": ["a"], "inputs": [{"content": [{"type": "text", "text": "a"}]}]}), AUTH, 422, "or"),
     ("/v2/embed", _with({"inputs": [{"content": [{"type": "image_url", "image_url": {}}]}]}), AUTH, 422, "type"),
     ("/v2/embed", _with({"texts": ["a"], "output_dimension": 1000}), AUTH, 422, "output_dimension: dim must be"),

@@ -206,8 +206,8 @@ def test_request_preparation_never_runs_on_the_event_loop(
     import qrerank.requests
 
     monkeypatch.setattr(qrerank.requests, "check_str_list", recorded("validation", qrerank.requests.check_str_list))
-    monkeypatch.setattr(TokenCounter, "score_ids", recorded("tokens", TokenCounter.score_ids))
-    monkeypatch.setattr(TokenCounter, "embed_ids", recorded("tokens", TokenCounter.embed_ids))
+    monkeypatch.setattr(TokenCounter, "score_tokens", recorded("tokens", TokenCounter.score_tokens))
+    monkeypatch.setattr(TokenCounter, "embed_tokens", recorded("tokens", TokenCounter.embed_tokens))
     monkeypatch.setattr(Engine, "check_tokenized", recorded("token ids", Engine.check_tokenized))
     docs = [f"document {i}" for i in range(50)]
     assert httpx.post(in_process.url + "/v1/rerank", json={"query": "q", "documents": docs}).status_code == 200

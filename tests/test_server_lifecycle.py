@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 parser = pytest.importorskip("prometheus_client.parser")
 
-from qrerank import Reranker, ScoreRequest  # noqa: E402
+from qrerank import Reranker, ScoreRequest, Tokenized  # noqa: E402
 from qrerank.serving.app import create_app  # noqa: E402
 from qrerank.serving.options import ServerOptions  # noqa: E402
 from qrerank.serving.server import BackgroundServer  # noqa: E402
@@ -108,10 +108,10 @@ def test_a_timed_out_request_stops_at_the_next_micro_batch(reranker: Reranker, m
 def test_a_server_fault_is_a_json_500_and_the_connection_stays_usable(
     server: BackgroundServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: TokenCounter, *args: object) -> list[list[int]]:
+    def broken(self: TokenCounter, *args: object) -> Tokenized:
         raise RuntimeError("a bug in the server")
 
-    monkeypatch.setattr(TokenCounter, "score_ids", broken)
+    monkeypatch.setattr(TokenCounter, "score_tokens", broken)
     host, port = server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)  # one keep-alive connection
     try:
@@ -150,10 +150,10 @@ def test_a_disconnect_mid_body_is_counted_and_not_a_fault(
 def test_input_errors_of_the_library_are_422(
     server: BackgroundServer, monkeypatch: pytest.MonkeyPatch, reranker: Reranker
 ) -> None:
-    def untokenizable(self: TokenCounter, *args: object) -> list[list[int]]:
+    def untokenizable(self: TokenCounter, *args: object) -> Tokenized:
         raise ValueError("documents[1] cannot be tokenized")
 
-    monkeypatch.setattr(TokenCounter, "score_ids", untokenizable)
+    monkeypatch.setattr(TokenCounter, "score_tokens", untokenizable)
     response = httpx.post(server.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     assert response.status_code == 422 and "documents[1] cannot be tokenized" in response.json()["error"]["message"]
     monkeypatch.undo()

@@ -50,18 +50,24 @@ def score_work(
     instruction: str | None,
     truncate: bool,
     field: str,
+    max_chunks_per_doc: int | None = None,
+    max_tokens_per_doc: int | None = None,
 ) -> ScoreWork:
-    """`queries` holds one query for all documents or one per document."""
+    """`queries` holds one query for all documents or one per document. `max_chunks_per_doc`: a long
+    document's windows come back as several sequences of its item."""
     pairs = list(queries) * len(docs) if len(queries) == 1 else list(queries)
     by_query: dict[str, list[int]] = {}
     for i, query in enumerate(pairs):
         by_query.setdefault(query, []).append(i)
+    long_documents = (max_chunks_per_doc, max_tokens_per_doc)
     with _input_errors():
-        requests = [ScoreRequest(query, [docs[i] for i in idx], instruction) for query, idx in by_query.items()]
-        ids = counter.score_ids(pairs, docs, instruction, truncate, field)  # over all pairs: errors name their place
-    tokenized = [Tokenized([ids[i] for i in idx]) for idx in by_query.values()]
+        requests = [
+            ScoreRequest(q, [docs[i] for i in idx], instruction, *long_documents) for q, idx in by_query.items()
+        ]
+        # positions: a 413 names the document's place in the body
+        tokenized = [counter.score_tokens(r, truncate, field, idx) for r, idx in zip(requests, by_query.values())]
     work = list(zip(requests, tokenized, strict=True))
-    return ScoreWork(work, list(by_query.values()), len(docs), sum(map(len, ids)))
+    return ScoreWork(work, list(by_query.values()), len(docs), sum(t.tokens for t in tokenized))
 
 
 def embed_work(
@@ -84,8 +90,8 @@ def embed_work(
         request = EmbedRequest(texts, instruction, dim, normalize)
     _check_dim(embedder, request, dim_field)
     with _input_errors():
-        ids = counter.embed_ids(request.texts, instruction, truncate, field)
-    return EmbedWork(request, Tokenized(ids), sum(map(len, ids)))
+        tokenized = counter.embed_tokens(request, truncate, field)
+    return EmbedWork(request, tokenized, tokenized.tokens)
 
 
 def token_ids_work(

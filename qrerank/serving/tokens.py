@@ -1,19 +1,20 @@
 """The exact recipe token ids of each input: for `usage`, the per-input token limit, and the engine itself.
 
-The limit is the engine's `max_length`: the longest input the recipe keeps whole. To tell an input
-that fits from one the recipe would cut, inputs are encoded with the recipe at `max_length + 1`: an
-input of more than `max_length` tokens comes out one token longer than any input that fits, and
-every input that fits comes out exactly as the engine encodes it. An input cut on request loses the
-one extra body token, which gives the engine's own truncation. So each input is tokenized once, here,
-off the device thread, and the ids go on to the engine (`score_batch(tokenized=...)`).
+The limit is the engine's `max_length`: the longest input the recipe keeps whole. The model's own
+prompt encodes each input (reading only as much text as max_length can use, `qrerank.bounded`) and
+says which inputs it had to cut; those are refused unless the request asks for truncation, and
+otherwise go on cut exactly as the engine would cut them. A chunked document (`max_chunks_per_doc`)
+is never too long: its windows go on instead. So each input is tokenized once, here, off the device
+thread, and the ids go on to the engine (`score_batch(tokenized=...)`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from qrerank.embedder import Embedder
-from qrerank.prompts import EmbeddingPrompt, RerankerPrompt
+from qrerank.prompts import EmbeddingPrompt, Encoded, RerankerPrompt
+from qrerank.requests import EmbedRequest, ScoreRequest, Tokenized
 from qrerank.reranker import Reranker
 from qrerank.serving.errors import ApiError
 
@@ -32,39 +33,30 @@ class TokenCounter:
 
     def __init__(self, model: Reranker | Embedder) -> None:
         self.max_length = model.engine.options.max_length
-        tokenizer = model.prompt.tokenizer
-        self._prompt = (
-            RerankerPrompt(tokenizer, self.max_length + 1)
-            if isinstance(model, Reranker)
-            else EmbeddingPrompt(tokenizer, self.max_length + 1)
-        )
+        self._prompt = model.prompt
 
-    def score_ids(
-        self, queries: Sequence[str], docs: Sequence[str], instruction: str | None, truncate: bool, field: str
-    ) -> list[list[int]]:
-        """Token ids of each (query, document) prompt; `queries` pairs with `docs` one to one."""
+    def score_tokens(
+        self, request: ScoreRequest, truncate: bool, field: str, positions: Sequence[int] | None = None
+    ) -> Tokenized:
+        """The sequences of `request`'s documents; `positions[i]`: the index naming document i in a 413."""
         prompt = self._prompt
         assert isinstance(prompt, RerankerPrompt)
-        ids = prompt.encode(list(zip(queries, docs, strict=True)), instruction)
-        # prefix + body[:budget + 1] + suffix -> prefix + body[:budget] + suffix, as the engine cuts
-        body_end = len(prompt.prefix_ids) + prompt.body_budget - 1
-        return self._checked(ids, truncate, field, lambda seq: seq[:body_end] + prompt.suffix_ids)
+        encoded = prompt.tokenize(
+            request.query, request.docs, request.instruction, request.max_chunks_per_doc, request.max_tokens_per_doc
+        )
+        return self._checked(encoded, truncate, field, positions)
 
-    def embed_ids(self, texts: Sequence[str], instruction: str | None, truncate: bool, field: str) -> list[list[int]]:
+    def embed_tokens(
+        self, request: EmbedRequest, truncate: bool, field: str, positions: Sequence[int] | None = None
+    ) -> Tokenized:
+        """The sequence of each of `request`'s texts; `positions[i]`: the index naming text i in a 413."""
         prompt = self._prompt
         assert isinstance(prompt, EmbeddingPrompt)
-        # text[:budget + 1] + eos -> text[:budget] + eos, as the engine cuts
-        cut = prompt.text_budget - 1
-        return self._checked(
-            prompt.encode(texts, instruction), truncate, field, lambda seq: [*seq[:cut], prompt.eos_id]
-        )
+        encoded = prompt.tokenize(request.texts, request.instruction, request.prompt)
+        return self._checked(encoded, truncate, field, positions)
 
-    def _checked(
-        self, ids: list[list[int]], truncate: bool, field: str, cut: Callable[[list[int]], list[int]]
-    ) -> list[list[int]]:
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_length:
-                if not truncate:
-                    raise InputTooLong(field, i, self.max_length)
-                ids[i] = cut(seq)
-        return ids
+    def _checked(self, encoded: Encoded, truncate: bool, field: str, positions: Sequence[int] | None) -> Tokenized:
+        if not truncate and any(encoded.cut):
+            first = encoded.cut.index(True)
+            raise InputTooLong(field, first if positions is None else positions[first], self.max_length)
+        return encoded.tokenized

@@ -208,13 +208,12 @@ class Service:
         counter = self.rerank_tokens
         assert counter is not None
         self.check_count(len(docs), field)
-        # LEAD: the library's long-document support replaces this refusal (ScoreRequest(..., max_chunks_per_doc=,
-        # max_tokens_per_doc=) with TokenCounter.score_tokens(request, truncate, field, positions) in score_work)
-        if (max_chunks_per_doc or 1) > 1 or max_tokens_per_doc is not None:
-            raise ApiError(501, "max_chunks_per_doc > 1 and max_tokens_per_doc need qrerank's long-document scoring")
+        long_documents = dict(max_chunks_per_doc=max_chunks_per_doc, max_tokens_per_doc=max_tokens_per_doc)
 
         async def run() -> Scored:
-            work = await asyncio.to_thread(score_work, counter, queries, docs, instruction, truncate, field)
+            work = await asyncio.to_thread(
+                score_work, counter, queries, docs, instruction, truncate, field, **long_documents
+            )
             parts = await all_of(self.engine.submit(r, raw=raw, tokenized=t) for r, t in work.requests)
             return Scored(work.scores(parts), work.tokens)
 
