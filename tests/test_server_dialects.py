@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from qrerank.cli import _api_options, build_parser  # noqa: E402
 from qrerank.serving.app import create_app  # noqa: E402
 from qrerank.serving.options import ServerOptions  # noqa: E402
 from qrerank.serving.server import BackgroundServer  # noqa: E402
+from qrerank.testing import random_checkpoint  # noqa: E402
 
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Bananas are yellow.", "France is in Europe, its capital is Paris."]
@@ -131,6 +133,18 @@ def test_info_and_tokenize_of_a_reranker_alone(reranker: Reranker) -> None:
         assert info["model_id"] == "rr" and "reranker" in info["model_type"]
         tokens = httpx.post(running.url + "/tokenize", json={"inputs": "a text"}).json()[0]
         assert [t["id"] for t in tokens] == reranker.prompt.tokenizer.encode("a text", add_special_tokens=False).ids
+
+
+def test_a_sentence_transformers_checkpoints_prompts_are_served(tmp_path: Path) -> None:
+    folder = random_checkpoint(tmp_path / "st", "tiny", "embedding", seed=2, sentence_transformers=True)
+    embedder = Embedder(folder, device="cpu", dtype="float32", max_length=128)
+    options = ServerOptions(embedder_name="ee", prompts={"mine": PROMPT})  # --prompt overlays the checkpoint's
+    texts = ["how do I sort a list?", "the capital of France"]
+    with BackgroundServer(create_app(None, embedder, options)) as running:
+        for name in ("query", "document", "mine"):
+            got = httpx.post(running.url + "/embed", json={"inputs": texts, "prompt_name": name}).json()
+            _close(got, embedder.embed(texts, prompt={**embedder.prompts, "mine": PROMPT}[name]))
+    assert embedder.prompts["query"].startswith("Instruct: ")
 
 
 def test_accept_any_model_name(embedder: Embedder) -> None:

@@ -84,10 +84,8 @@ def embed_work(
     dim_field: str,
 ) -> EmbedWork:
     """`prompt`: a text put before each input (a sentence-transformers prompt)."""
-    if prompt is not None:  # LEAD: EmbedRequest(prompt=...) once it exists; it tokenizes prompt + text the same
-        texts = [prompt + text for text in texts]
     with _input_errors():
-        request = EmbedRequest(texts, instruction, dim, normalize)
+        request = EmbedRequest(texts, instruction, dim, normalize, prompt)
     _check_dim(embedder, request, dim_field)
     with _input_errors():
         tokenized = counter.embed_tokens(request, truncate, field)
