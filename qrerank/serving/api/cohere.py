@@ -22,8 +22,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
+from qrerank.serving.answer import json_answer
 from qrerank.serving.api import infinity
 from qrerank.serving.api.service import Embedded, Service, base64_vectors, ranking
 from qrerank.serving.api.vllm import VllmOptions
@@ -98,20 +99,20 @@ class CohereRoutes:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    async def rerank(self, request: Request) -> JSONResponse:
+    async def rerank(self, request: Request) -> Response:
         body = await self.service.read(request, RerankRequest)
         ranked = await rank(self.service, request, body)
         if body.raw_scores is not msgspec.UNSET:  # an Infinity body
-            return infinity.answer(ranked, body.documents if body.return_documents else None)
+            return await json_answer(infinity.answer(ranked, body.documents if body.return_documents else None))
         scores = ranked.scores
         results: list[dict[str, Any]] = [{"index": i, "relevance_score": float(scores[i])} for i in ranked.order]
         if body.return_documents:
             for result in results:
                 document = body.documents[result["index"]]
                 result["document"] = {"text": document} if isinstance(document, str) else document
-        return JSONResponse(_answer(ranked.name, results, ranked.tokens, "1"))
+        return await json_answer(_answer(ranked.name, results, ranked.tokens, "1"))
 
-    async def rerank_v2(self, request: Request) -> JSONResponse:
+    async def rerank_v2(self, request: Request) -> Response:
         service = self.service
         body = await service.read(request, RerankV2Request)
         name = service.reranker(body.model)
@@ -127,18 +128,19 @@ class CohereRoutes:
         )
         order = ranking(scored.scores, body.top_n or None)
         results = [{"index": i, "relevance_score": float(scored.scores[i])} for i in order]
-        return JSONResponse(_answer(name, results, scored.tokens, "2"))
+        return await json_answer(_answer(name, results, scored.tokens, "2"))
 
-    async def embed(self, request: Request) -> JSONResponse:
+    async def embed(self, request: Request) -> Response:
         body = await self.service.read(request, EmbedRequest)
         texts, embedded = await self._embed(request, body, body.texts, None)
         if body.embedding_types is None:  # v1's plain answer
-            answer = {"response_type": "embeddings_floats", "embeddings": embedded.vectors.tolist()}
+            answer = {"response_type": "embeddings_floats", "embeddings": embedded.vectors}
         else:
             answer = {"response_type": "embeddings_by_type", "embeddings": _by_type(embedded, body.embedding_types)}
-        return JSONResponse({"id": str(uuid.uuid4()), **answer, "texts": texts, "meta": _meta("1", embedded.tokens)})
+        meta = _meta("1", embedded.tokens)
+        return await json_answer({"id": str(uuid.uuid4()), **answer, "texts": texts, "meta": meta})
 
-    async def embed_v2(self, request: Request) -> JSONResponse:
+    async def embed_v2(self, request: Request) -> Response:
         body = await self.service.read(request, EmbedV2Request)
         if (body.texts is None) == (body.inputs is None):
             raise ApiError(422, "send the texts to embed as either texts or inputs")
@@ -154,7 +156,7 @@ class CohereRoutes:
         texts, embedded = await self._embed(request, body, texts, body.output_dimension)
         by_type = _by_type(embedded, body.embedding_types or ["float"])
         answer = {"id": str(uuid.uuid4()), "response_type": "embeddings_by_type", "embeddings": by_type}
-        return JSONResponse({**answer, "texts": texts, "meta": _meta("2", embedded.tokens)})
+        return await json_answer({**answer, "texts": texts, "meta": _meta("2", embedded.tokens)})
 
     async def _embed(
         self, request: Request, body: EmbedRequest, texts: list[str] | None, dim: int | None
@@ -226,7 +228,7 @@ def _ranked_text(document: str | dict[str, str], index: int, rank_fields: list[s
 
 def _by_type(embedded: Embedded, types: list[str]) -> dict[str, Any]:
     vectors = embedded.vectors
-    return {kind: base64_vectors(vectors) if kind == "base64" else vectors.tolist() for kind in dict.fromkeys(types)}
+    return {kind: base64_vectors(vectors) if kind == "base64" else vectors for kind in dict.fromkeys(types)}
 
 
 def _meta(version: str, tokens: int) -> dict[str, Any]:

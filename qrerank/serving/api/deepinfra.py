@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
+from qrerank.serving.answer import json_answer
 from qrerank.serving.api.service import Service
 from qrerank.serving.errors import ApiError
 from qrerank.serving.schemas import NonEmpty, Schema
@@ -30,7 +31,7 @@ class DeepInfraRoutes:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    async def inference(self, request: Request, model: str) -> JSONResponse:
+    async def inference(self, request: Request, model: str) -> Response:
         service = self.service
         service.reranker(model)
         body = await service.read(request, InferenceRequest)
@@ -46,4 +47,4 @@ class DeepInfraRoutes:
             )
         truncate = service.truncation(None)
         scored = await service.score(request, queries, body.documents, instruction=body.instruction, truncate=truncate)
-        return JSONResponse({"scores": scored.scores.tolist(), "input_tokens": scored.tokens})
+        return await json_answer({"scores": scored.scores, "input_tokens": scored.tokens})

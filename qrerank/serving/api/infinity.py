@@ -13,13 +13,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastapi.responses import JSONResponse
-
 if TYPE_CHECKING:
     from qrerank.serving.api.cohere import Ranked
 
 
-def answer(ranked: Ranked, documents: Sequence[str | dict[str, str]] | None) -> JSONResponse:
+def answer(ranked: Ranked, documents: Sequence[str | dict[str, str]] | None) -> dict[str, Any]:
     """`documents`: echoed as strings in the results (None: not asked for)."""
     scores = ranked.scores
     results: list[dict[str, Any]] = [{"relevance_score": float(scores[i]), "index": i} for i in ranked.order]
@@ -29,4 +27,4 @@ def answer(ranked: Ranked, documents: Sequence[str | dict[str, str]] | None) -> 
             result["document"] = document if isinstance(document, str) else document.get("text")
     usage = {"prompt_tokens": ranked.tokens, "total_tokens": ranked.tokens}
     body = {"object": "rerank", "results": results, "model": ranked.name, "usage": usage}
-    return JSONResponse({**body, "id": f"infinity-{uuid.uuid4()}", "created": int(time.time())})
+    return {**body, "id": f"infinity-{uuid.uuid4()}", "created": int(time.time())}

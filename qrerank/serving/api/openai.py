@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
+from qrerank.serving.answer import json_answer
 from qrerank.serving.api.service import Service, base64_vectors
 from qrerank.serving.errors import ApiError
 from qrerank.serving.schemas import NonEmpty, Positive, Schema, TokenId
@@ -51,7 +52,7 @@ class OpenAIRoutes:
         ]
         return {"object": "list", "data": data}
 
-    async def embeddings(self, request: Request) -> JSONResponse:
+    async def embeddings(self, request: Request) -> Response:
         service = self.service
         body = await service.read(request, EmbeddingsRequest)
         name = service.embedder(body.model)
@@ -76,7 +77,7 @@ class OpenAIRoutes:
                 raise ApiError(422, "input: a list of texts, of token ids, or of token-id lists, not a mix of them")
             embedded = await service.embed_token_ids(request, sequences, dim=body.dimensions, truncate=truncate)  # type: ignore[arg-type]
         vectors = embedded.vectors
-        encoded = base64_vectors(vectors) if body.encoding_format == "base64" else vectors.tolist()
+        encoded = base64_vectors(vectors) if body.encoding_format == "base64" else list(vectors)
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
         usage = {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}
-        return JSONResponse({"object": "list", "data": data, "model": name, "usage": usage})
+        return await json_answer({"object": "list", "data": data, "model": name, "usage": usage})

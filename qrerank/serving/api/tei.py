@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 import qrerank
+from qrerank.serving.answer import json_answer
 from qrerank.serving.api import cohere, infinity
 from qrerank.serving.api.service import Service, ranking
 from qrerank.serving.schemas import NonEmpty, Positive, Schema
@@ -65,22 +66,22 @@ class TeiRoutes:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    async def root(self, request: Request) -> JSONResponse:
+    async def root(self, request: Request) -> Response:
         body = await self.service.read_by_shape(request, {"inputs": EmbedRequest, "texts": RerankRequest})
         return await (self._embed(request, body) if isinstance(body, EmbedRequest) else self._rerank(request, body))  # type: ignore[arg-type]
 
-    async def embed(self, request: Request) -> JSONResponse:
+    async def embed(self, request: Request) -> Response:
         return await self._embed(request, await self.service.read(request, EmbedRequest))
 
-    async def rerank(self, request: Request) -> JSONResponse:
+    async def rerank(self, request: Request) -> Response:
         body = await self.service.read_by_shape(request, {"texts": RerankRequest, "documents": cohere.RerankRequest})
         if isinstance(body, RerankRequest):
             return await self._rerank(request, body)
         assert isinstance(body, cohere.RerankRequest)
         ranked = await cohere.rank(self.service, request, body)
-        return infinity.answer(ranked, body.documents if body.return_documents else None)
+        return await json_answer(infinity.answer(ranked, body.documents if body.return_documents else None))
 
-    async def _embed(self, request: Request, body: EmbedRequest) -> JSONResponse:
+    async def _embed(self, request: Request, body: EmbedRequest) -> Response:
         service = self.service
         service.embedder(None)
         embedded = await service.embed(
@@ -93,9 +94,9 @@ class TeiRoutes:
             truncate=service.truncation(body.truncate, body.truncation_direction),
             field="inputs",
         )
-        return JSONResponse(embedded.vectors.tolist())
+        return await json_answer(embedded.vectors)
 
-    async def _rerank(self, request: Request, body: RerankRequest) -> JSONResponse:
+    async def _rerank(self, request: Request, body: RerankRequest) -> Response:
         service = self.service
         service.reranker(None)
         scored = await service.score(
@@ -113,9 +114,9 @@ class TeiRoutes:
         if body.return_text:
             for result in results:
                 result["text"] = body.texts[result["index"]]
-        return JSONResponse(results)
+        return await json_answer(results)
 
-    async def tokenize(self, request: Request) -> JSONResponse:
+    async def tokenize(self, request: Request) -> Response:
         """Each input's tokens as the served model runs them: with add_special_tokens, the embedder's
         `<|endoftext|>`; `start`/`stop` are character offsets into the input (the prompt included)."""
         service = self.service
@@ -138,7 +139,7 @@ class TeiRoutes:
                 special = {"id": eos, "text": tokenizer.id_to_token(eos), "special": True, "start": None, "stop": None}
                 tokens.append(special)
             answer.append(tokens)
-        return JSONResponse(answer)
+        return await json_answer(answer)
 
     async def info(self) -> dict[str, Any]:
         service, options = self.service, self.service.options

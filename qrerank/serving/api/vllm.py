@@ -14,8 +14,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
+from qrerank.serving.answer import json_answer
 from qrerank.serving.api.service import Service
 from qrerank.serving.errors import ApiError
 from qrerank.serving.schemas import NonEmpty, Schema
@@ -66,7 +67,7 @@ class VllmRoutes:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    async def score(self, request: Request) -> JSONResponse:
+    async def score(self, request: Request) -> Response:
         service = self.service
         body = await service.read(request, ScoreRequest)
         name = service.reranker(body.model)
@@ -85,4 +86,4 @@ class VllmRoutes:
         data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scored.scores)]
         usage = {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens, "completion_tokens": 0}
         answer = {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": name}
-        return JSONResponse({**answer, "data": data, "usage": usage})
+        return await json_answer({**answer, "data": data, "usage": usage})
