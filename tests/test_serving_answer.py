@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("msgspec")
 
-from qrerank.serving import answer  # noqa: E402
+from qrerank.serving import answer
 
 
 def test_answers_equal_the_standard_librarys_json_and_are_written_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
