@@ -46,6 +46,9 @@ class Reranker:
         yes_row, no_row = self.engine.head_rows
         self._yes_minus_no = yes_row - no_row  # [H] fp32
 
+    def __repr__(self) -> str:
+        return f"Reranker({self.engine.describe()})"
+
     @property
     def device(self) -> torch.device:
         return self.engine.options.device

@@ -123,7 +123,9 @@ def test_embed_batch_equals_embed_per_request(embedder: Embedder) -> None:
             list(request.texts), instruction=request.instruction, dim=request.dim, normalize=request.normalize
         )
         assert vectors.shape == alone.shape
-        np.testing.assert_allclose(vectors, alone, rtol=0, atol=1e-6)
+        # Unnormalised vectors reach |x| ~ 3: fp32 GEMMs of other row counts may round their last bit
+        # differently (oneDNN picks its blocking by M), so the bound is relative there.
+        np.testing.assert_allclose(vectors, alone, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"dim must be between 32 and 64, got 65"):
         embedder.embed_batch([EmbedRequest(["a"]), EmbedRequest(["b"], dim=65)])
     with pytest.raises(TypeError, match=r"requests\[0\] must be an EmbedRequest, got list"):
@@ -131,7 +133,7 @@ def test_embed_batch_equals_embed_per_request(embedder: Embedder) -> None:
 
 
 def test_backend_argument_is_validated(reranker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match=r"backend 'cuda' is not one of \('torch', 'triton'\)"):
+    with pytest.raises(ValueError, match=r"backend 'cuda' is not one of \('cpu', 'torch', 'triton'\)"):
         Reranker(reranker_dir, device="cpu", backend="cuda")
     with pytest.raises(TypeError, match=r"backend must be a str, got int"):
         Reranker(reranker_dir, device="cpu", backend=1)  # type: ignore[arg-type]
