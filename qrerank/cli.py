@@ -11,13 +11,15 @@ from qrerank.bench import run as bench_run
 from qrerank.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_LENGTH
 from qrerank.serving import options as serving
 
+DTYPE_HELP = "auto (the default: bf16 on cuda and on CPUs with AMX or AVX512-BF16, else fp32), float32, bfloat16"
+
 
 def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
     parser.add_argument(
         "--model", default=default_model, help=f"checkpoint directory or hub id (default {default_model})"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--dtype", default=None, help=DTYPE_HELP)
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--instruction", default=None)
@@ -72,7 +74,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--dtype", default=None, help=DTYPE_HELP)
     parser.add_argument(
         "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per input: longer ones get 413 or are cut"
     )

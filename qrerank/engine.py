@@ -121,7 +121,7 @@ class Engine:
     def describe(self) -> str:
         """Where and how this engine runs, for repr(): e.g. "device=cpu, dtype=bfloat16 (auto), backend=cpu, ..."."""
         o = self.options
-        dtype = str(o.dtype).removeprefix("torch.") + (" (auto)" if o.requested_dtype == "auto" else "")
+        dtype = str(o.dtype).removeprefix("torch.") + (" (auto)" if o.requested_dtype in (None, "auto") else "")
         parts = [f"{str(self.path)!r}", f"device={o.device}", f"dtype={dtype}", f"backend={o.backend}"]
         if o.cpu is not None:
             parts.append(f"cpu={o.cpu.describe()!r}")

@@ -104,11 +104,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, cpu: CpuFeatures | None = None) -> torch.dtype:
-    """None -> bf16 on CUDA, fp32 on CPU; "auto" -> bf16 on CUDA and on CPUs with native bf16 matmuls
-    (`cpu`, detected when not given), fp32 on other CPUs; otherwise any torch float dtype or its common name."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype == "auto":
+    """None or "auto" -> bf16 on CUDA and on CPUs with native bf16 matmuls (`cpu`, detected when not given),
+    fp32 on other CPUs (where bf16 is emulated, and slower); otherwise any torch float dtype or its name."""
+    if dtype is None or dtype == "auto":
         native = device.type == "cuda" or (cpu or cpu_features.detect()).native_bf16
         return torch.bfloat16 if native else torch.float32
     if isinstance(dtype, str):

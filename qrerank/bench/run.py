@@ -65,10 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run sentence-transformers and ONNX Runtime (fp32, int8) if installed: pip install 'qrerank[peers]'",
     )
+    parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) threads (default: torch's own choice)")
     parser.add_argument("--json", type=Path, help="also write the full figures to this file")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     features = cpu_features.detect() if device.type == "cpu" else None
     dtype = resolve_dtype(args.dtype, device, features)
@@ -250,7 +253,8 @@ def _print_task(task: str, result: dict[str, Any]) -> None:
     unit = "docs/s" if task == "score" else "texts/s"
     names = ["qrerank", "official", *(name for name in result["agreement"] if name != "official")]
     print(f"\n{task}: {result['model']}, {result['tokens']} tokens per system\n  {result['engine']}")
-    print(f"  {'system':<22} {unit:>9} {'tokens/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'peak MB':>9}  agreement")
+    header = f"{'system':<22} {unit:>9} {'tokens/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'CPU s':>7} {'peak MB':>8}"
+    print(f"  {header}  agreement")
     for name in names:
         s = result[name]
         agree = result["agreement"].get(name, {})
@@ -263,7 +267,7 @@ def _print_task(task: str, result: dict[str, Any]) -> None:
             quality = f"min cosine {agree['min_cosine']:.6f}" if agree else ""
         print(
             f"  {name:<22} {s['items_per_s']:9.2f} {s['tokens_per_s']:9.1f} {s['p50_ms']:9.1f} {s['p95_ms']:9.1f} "
-            f"{s['peak_memory_mb']:9.0f}  {quality}"
+            f"{s['cpu_s']:7.1f} {s['peak_memory_mb']:8.0f}  {quality}"
         )
     print(
         f"  speed-up x{result['speedup']:.2f} over the official recipe, "
