@@ -80,8 +80,9 @@ class Kernels:
         torch._dynamo; torch caches compiled code per function, so engines of one shape share it."""
         eager = cls.eager()
         # dynamic=False: every size is static but the row dimensions `_rows` marks, so that hidden and
-        # head sizes are compile-time constants of the vector loops.
-        compile_ = partial(torch.compile, dynamic=False, fullgraph=True)
+        # head sizes are compile-time constants of the vector loops. Not fullgraph: should a request ever
+        # need a variant beyond torch's recompile limit, it runs eagerly rather than failing.
+        compile_ = partial(torch.compile, dynamic=False)
         return cls(**{f.name: compile_(getattr(eager, f.name)) for f in fields(cls)})
 
 
@@ -132,8 +133,11 @@ class FusedCpuOps:
         """Compile every kernel now, through `forward` (the model's) on tiny batches. Without a working
         C++ compiler (or where torch cannot compile at all) the eager kernels take over, and the reason is kept."""
         try:
-            for batch in warm_up_batches(device):
-                forward(batch)
+            # Each model shape and dtype adds two variants (>= 2 rows, 1 row) to every kernel; torch's
+            # default limit of 8 per function would cap a process at four such engines.
+            with torch._dynamo.config.patch(recompile_limit=64):
+                for batch in warm_up_batches(device):
+                    forward(batch)
         except torch._dynamo.exc.TorchDynamoException as error:
             self.kernels = Kernels.eager()
             self.compile_error = str(error).strip().splitlines()[0]
@@ -174,7 +178,7 @@ class FusedCpuOps:
         t, head_dim = qkv.shape[0], q_weight.shape[0]
         q = self.workspace.take("q", (t, num_q_heads, head_dim))
         k = self.workspace.take("k", (t, num_kv_heads, head_dim))
-        _rows(qkv, positions, q, k)
+        _rows(qkv, positions, q, k, rope)  # rope's rows: max_length, which differs between engines
         self.kernels.qk_norm_rope(qkv, q_weight, k_weight, rope, positions, num_q_heads, num_kv_heads, eps, q, k)
         v = qkv[:, (num_q_heads + num_kv_heads) * head_dim :].view(t, num_kv_heads, head_dim)
         return q, k, v
