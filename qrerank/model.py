@@ -38,7 +38,10 @@ class ModelWeights:
 
 
 class Qwen3:
-    """Functional Qwen3 decoder; `forward` maps a PackedBatch to final-normed last-token states [B, H]."""
+    """Functional Qwen3 decoder; `forward` maps a PackedBatch to final-normed last-token states [B, H].
+
+    With the CPU ops the result is a view of the engine's workspace: read it before the next forward.
+    """
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, ops: Ops, max_positions: int) -> None:
         self.config = config
