@@ -57,7 +57,7 @@ class EngineOptions:
     cpu: CpuFeatures | None  # detected once, on CPU devices
     max_length: int
     max_batch_tokens: int
-    backend: str  # "triton": qrerank.kernels; "torch": the reference twins (debugging, comparison)
+    backend: str  # "triton": qrerank.kernels; "cpu": the fused CPU ops; "torch": the reference twins (debugging)
     share_prefix: bool  # compute a group's common token prefix once per micro-batch
     cuda_graphs: bool  # replay small micro-batches from captured CUDA graphs
 
