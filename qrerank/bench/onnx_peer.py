@@ -104,4 +104,6 @@ def load(model_dir: Path, kind: str, workdir: Path, max_length: int, quantize: b
         return f"export failed: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same cores qrerank gets
+    # ORT's threads otherwise spin after each run, taking the cores from whichever system runs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return OnnxPeer(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), inputs)
