@@ -14,6 +14,7 @@ from qrerank.prompts import SPECIAL_TOKENS
 from qrerank.serving import options as serving
 
 _MAX_LENGTH_HELP = f"default: {DEFAULT_MAX_LENGTH}, or the model's max_position_embeddings when smaller"
+DTYPE_HELP = "auto (the default: bf16 on cuda and on CPUs with AMX or AVX512-BF16, else fp32), float32, bfloat16"
 
 
 def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -21,7 +22,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, default_model: str) -> No
         "--model", default=default_model, help=f"checkpoint directory or hub id (default {default_model})"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--dtype", default=None, help=DTYPE_HELP)
     parser.add_argument("--max-length", type=int, default=None, help=_MAX_LENGTH_HELP)
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--instruction", default=None)
@@ -78,7 +79,7 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--dtype", default=None, help=DTYPE_HELP)
     parser.add_argument(
         "--max-length",
         type=int,

@@ -56,6 +56,9 @@ class Embedder:
         self.prompt = EmbeddingPrompt(ckpt.tokenizer, options.max_length, special_tokens)
         self.engine = Engine(ckpt, options)
 
+    def __repr__(self) -> str:
+        return f"Embedder({self.engine.describe()})"
+
     @property
     def device(self) -> torch.device:
         return self.engine.options.device

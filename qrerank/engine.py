@@ -12,9 +12,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qrerank import cpu_features
 from qrerank.batching import Part, batch_size, pack, plan_batches, shared_prefix_len, split_parts
 from qrerank.checkpoint import Checkpoint, load_weights
 from qrerank.config import ModelConfig
+from qrerank.cpu_features import CpuFeatures
+from qrerank.cpu_ops import FusedCpuOps
 from qrerank.cuda_graphs import CudaGraphs
 from qrerank.model import Qwen3
 from qrerank.ops import ops_for
@@ -52,9 +55,11 @@ class EngineOptions:
 
     device: torch.device
     dtype: torch.dtype
+    requested_dtype: str | torch.dtype | None  # as given: "auto" is reported with what it chose
+    cpu: CpuFeatures | None  # detected once, on CPU devices
     max_length: int | None  # None until `fit` sets the model-derived default
     max_batch_tokens: int
-    backend: str  # "triton": qrerank.kernels; "torch": the reference twins (debugging, comparison)
+    backend: str  # "triton": qrerank.kernels; "cpu": the fused CPU ops; "torch": the reference twins (debugging)
     share_prefix: bool  # compute a group's common token prefix once per micro-batch
     cuda_graphs: bool  # replay small micro-batches from captured CUDA graphs
     warmup: bool  # compile every kernel and capture every graph at construction, not on the first requests
@@ -72,7 +77,8 @@ class EngineOptions:
         warmup: bool | None = None,
     ) -> EngineOptions:
         resolved = resolve_device(device)
-        resolved_dtype = resolve_dtype(dtype, resolved)
+        cpu = cpu_features.detect() if resolved.type == "cpu" else None
+        resolved_dtype = resolve_dtype(dtype, resolved, cpu)
         backend = resolve_backend(backend, resolved, resolved_dtype)
         graphs_possible = resolved.type == "cuda" and backend == "triton"  # the torch attention syncs the host
         if cuda_graphs is None:
@@ -85,6 +91,8 @@ class EngineOptions:
         return cls(
             device=resolved,
             dtype=resolved_dtype,
+            requested_dtype=dtype,
+            cpu=cpu,
             max_length=None if max_length is None else check_int(max_length, "max_length", 1),
             max_batch_tokens=check_int(max_batch_tokens, "max_batch_tokens", 1),
             backend=backend,
@@ -111,12 +119,28 @@ class Engine:
         options = options.fit(ckpt.config)
         self.options = options
         self.config = ckpt.config
+        self.path = ckpt.path
         weights = load_weights(ckpt, options.device, options.dtype, head_token_ids)
-        self.model = Qwen3(ckpt.config, weights, ops_for(options.backend), max_positions=options.max_length)
+        self.cpu_ops = FusedCpuOps(options.dtype, options.device) if options.backend == "cpu" else None
+        ops = self.cpu_ops.ops() if self.cpu_ops is not None else ops_for(options.backend)
+        self.model = Qwen3(ckpt.config, weights, ops, max_positions=options.max_length)
+        if self.cpu_ops is not None:
+            self.cpu_ops.warm_up(self.model.forward, options.device)  # compiles now, not in a request
         self._graphs = CudaGraphs(self.model) if options.cuda_graphs else None
         self._lock = threading.Lock()
         if options.warmup:
             self.warmup()
+
+    def describe(self) -> str:
+        """Where and how this engine runs, for repr(): e.g. "device=cpu, dtype=bfloat16 (auto), backend=cpu, ..."."""
+        o = self.options
+        dtype = str(o.dtype).removeprefix("torch.") + (" (auto)" if o.requested_dtype in (None, "auto") else "")
+        parts = [f"{str(self.path)!r}", f"device={o.device}", f"dtype={dtype}", f"backend={o.backend}"]
+        if o.cpu is not None:
+            parts.append(f"cpu={o.cpu.describe()!r}")
+        if self.cpu_ops is not None:
+            parts.append(f"ops={self.cpu_ops.describe()!r}")
+        return ", ".join(parts)
 
     @property
     def head_rows(self) -> torch.Tensor:

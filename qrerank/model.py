@@ -38,7 +38,10 @@ class ModelWeights:
 
 
 class Qwen3:
-    """Functional Qwen3 decoder; `forward` maps a PackedBatch to final-normed last-token states [B, H]."""
+    """Functional Qwen3 decoder; `forward` maps a PackedBatch to final-normed last-token states [B, H].
+
+    With the CPU ops the result is a view of the engine's workspace: read it before the next forward.
+    """
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, ops: Ops, max_positions: int) -> None:
         self.config = config
@@ -66,7 +69,7 @@ class Qwen3:
         for i, layer in enumerate(layers):
             if i > 0:
                 h, residual = ops.add_rms_norm(h, residual, layer.input_norm, eps)
-            qkv = F.linear(h, layer.qkv)  # [T, (Hq + 2 Hkv) * D]
+            qkv = ops.linear(h, layer.qkv)  # [T, (Hq + 2 Hkv) * D]
             q, k, v = ops.qk_norm_rope(
                 qkv, layer.q_norm, layer.k_norm, self.rope, batch.positions,
                 cfg.num_attention_heads, cfg.num_key_value_heads, eps,
@@ -78,7 +81,7 @@ class Qwen3:
                 # Past the last attention nothing mixes tokens and only final tokens are read: the last
                 # o_proj, MLP and norms run on [B] rows instead of [T].
                 o, residual = o[last], residual[last]
-            h = F.linear(o, layer.o_proj)
+            h = ops.linear(o, layer.o_proj)
             h, residual = ops.add_rms_norm(h, residual, layer.post_norm, eps)
-            h = F.linear(ops.silu_mul(F.linear(h, layer.gate_up)), layer.down)
+            h = ops.linear(ops.silu_mul(ops.linear(h, layer.gate_up)), layer.down)
         return ops.add_rms_norm(h, residual, self.weights.norm, eps)[0]  # [B, H]

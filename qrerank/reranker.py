@@ -58,6 +58,9 @@ class Reranker:
         rows = self.engine.head_rows  # LM head: the rows of "yes" and "no" [2, H]; seq-cls: its score row [1, H]
         self._yes_minus_no = rows[0] if head_kind(ckpt.config) == "score" else rows[0] - rows[1]  # [H] fp32
 
+    def __repr__(self) -> str:
+        return f"Reranker({self.engine.describe()})"
+
     @property
     def device(self) -> torch.device:
         return self.engine.options.device

@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from qrerank import cpu_features
+from qrerank.cpu_features import CpuFeatures
+
 _DTYPE_NAMES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -118,13 +121,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> bf16 on CUDA, fp32 on CPU; otherwise any torch float dtype or its common name."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, cpu: CpuFeatures | None = None) -> torch.dtype:
+    """None or "auto" -> bf16 on CUDA and on CPUs with native bf16 matmuls (`cpu`, detected when not given),
+    fp32 on other CPUs (where bf16 is emulated, and slower); otherwise any torch float dtype or its name."""
+    if dtype is None or dtype == "auto":
+        native = device.type == "cuda" or (cpu or cpu_features.detect()).native_bf16
+        return torch.bfloat16 if native else torch.float32
     if isinstance(dtype, str):
         if dtype not in _DTYPE_NAMES:
-            raise ValueError(f"dtype {dtype!r} is not a float dtype name; use one of {sorted(_DTYPE_NAMES)}")
+            raise ValueError(f"dtype {dtype!r} is not a float dtype name; use 'auto' or one of {sorted(_DTYPE_NAMES)}")
         return _DTYPE_NAMES[dtype]
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype or str, got {_type_name(dtype)}")
@@ -133,20 +138,24 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("cpu", "torch", "triton")
 
 
 def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype) -> str:
-    """None -> "triton" on CUDA, "torch" on CPU or in fp64 (which the kernels do not take).
+    """None -> "triton" on CUDA, "cpu" (the fused CPU ops) on CPU, "torch" in fp64 (which neither takes).
 
     "triton" on CPU runs the kernels in Triton's interpreter, a debugging aid.
     """
     if backend is None:
-        return "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
+        if dtype == torch.float64:
+            return "torch"
+        return "triton" if device.type == "cuda" else "cpu"
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {_type_name(backend)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend='cpu' runs on device 'cpu' only, got device {str(device)!r}")
     if backend == "triton" and dtype == torch.float64:
         raise ValueError("backend='triton' does not support dtype torch.float64; use backend='torch'")
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

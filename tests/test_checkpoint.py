@@ -663,5 +663,5 @@ def test_hub_id_offline_loads_from_the_cache(
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("network access attempted"))
-    from_hub = Reranker("Qwen/Qwen3-Reranker-0.6B", device="cpu", max_length=256, max_batch_tokens=512)
+    from_hub = Reranker("Qwen/Qwen3-Reranker-0.6B", **LOAD)
     np.testing.assert_array_equal(from_hub.score("q", ["a", "bb"]), reranker.score("q", ["a", "bb"]))

@@ -25,7 +25,9 @@ def test_cli_score_ranks_like_the_api(
     capsys: pytest.CaptureFixture[str], reranker_dir: Path, reranker: Reranker
 ) -> None:
     docs = ["Paris is the capital of France.", "", "Bananas are yellow.", "France is in Europe."]
-    code, result, _ = _run(capsys, "score", "--model", str(reranker_dir), "--max-length", "256", "capital?", *docs)
+    code, result, _ = _run(
+        capsys, "score", "--model", str(reranker_dir), "--max-length", "256", "--dtype", "fp32", "capital?", *docs
+    )
     assert code == 0
     assert result == reranker.rank("capital?", docs, return_documents=True)
 
@@ -41,6 +43,8 @@ def test_cli_score_reads_docs_file_and_top_k(
         str(reranker_dir),
         "--max-length",
         "256",
+        "--dtype",
+        "fp32",
         "q",
         "--docs-file",
         str(tmp_path / "docs.txt"),
@@ -52,7 +56,18 @@ def test_cli_score_reads_docs_file_and_top_k(
 
 def test_cli_embed_matches_the_api(capsys: pytest.CaptureFixture[str], embedding_dir: Path, embedder: Embedder) -> None:
     code, result, _ = _run(
-        capsys, "embed", "--model", str(embedding_dir), "--max-length", "256", "--dim", "32", "a", "b c"
+        capsys,
+        "embed",
+        "--model",
+        str(embedding_dir),
+        "--max-length",
+        "256",
+        "--dtype",
+        "fp32",
+        "--dim",
+        "32",
+        "a",
+        "b c",
     )
     assert code == 0
     np.testing.assert_allclose(np.array(result), embedder.embed(["a", "b c"], dim=32), rtol=0, atol=1e-6)
@@ -68,6 +83,7 @@ def test_cli_reports_bad_arguments(capsys: pytest.CaptureFixture[str], embedding
 def test_cli_bench_compares_with_the_official_recipes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--preset", "tiny", "--requests", "2", "--docs", "3", "--max-words", "40", "--json", str(out)]
+    argv += ["--dtype", "float32"]  # exact agreement with the official recipe needs fp32 on both sides
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "random-weight" in printed and "speed-up" in printed

@@ -35,7 +35,7 @@ def local_ray() -> Iterator[None]:
 
 def test_map_batches_embeds_a_dataset(local_ray: None, embedding_dir: Path, embedder: Embedder) -> None:
     dataset = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
-    constructor = {"model": str(embedding_dir), "dim": 32, "device": "cpu", "max_length": 256}
+    constructor = {"model": str(embedding_dir), "dim": 32, "device": "cpu", "dtype": "float32", "max_length": 256}
     rows = dataset.map_batches(EmbedBatches, fn_constructor_kwargs=constructor, batch_size=8, concurrency=1).take_all()
     rows.sort(key=lambda row: row["id"])
     assert [row["text"] for row in rows] == TEXTS  # the other columns pass through
@@ -46,7 +46,8 @@ def test_map_batches_embeds_a_dataset(local_ray: None, embedding_dir: Path, embe
 def test_map_batches_scores_query_document_pairs(local_ray: None, reranker_dir: Path, reranker: Reranker) -> None:
     queries = ["rivers?" if i % 3 else "mountains?" for i in range(len(TEXTS))]
     dataset = ray.data.from_items([{"query": q, "document": d} for q, d in zip(queries, TEXTS)])
-    constructor = {"model": str(reranker_dir), "device": "cpu", "max_length": 256, "output_column": "relevance"}
+    constructor = {"model": str(reranker_dir), "device": "cpu", "dtype": "float32", "max_length": 256}
+    constructor["output_column"] = "relevance"
     rows = dataset.map_batches(ScoreBatches, fn_constructor_kwargs=constructor, batch_size=8, concurrency=1).take_all()
     by_pair = {(row["query"], row["document"]): row["relevance"] for row in rows}
     expected = reranker.score_pairs(list(zip(queries, TEXTS)))
@@ -77,7 +78,7 @@ def test_serve_deployment_answers_the_http_api(
             reranker_dir,
             embedding_dir,
             served_model_name="rr",
-            engine_args={"device": "cpu", "max_length": 256},
+            engine_args={"device": "cpu", "dtype": "float32", "max_length": 256},  # as the fp32 fixtures
             api_keys=("ray-key",),
         )
         serve.run(deployment.options(ray_actor_options={"num_cpus": 0}).bind(), name="qrerank", route_prefix="/")

@@ -35,6 +35,7 @@ def served(reranker_dir: Path, embedding_dir: Path) -> Iterator[tuple[subprocess
     port = _free_port()
     argv = [sys.executable, "-m", "qrerank.cli", "serve", "--model", str(reranker_dir)]
     argv += ["--embedding-model", str(embedding_dir), "--port", str(port), "--device", "cpu", "--max-length", "256"]
+    argv += ["--dtype", "float32"]  # compared with the fp32 fixture below
     argv += ["--max-wait-ms", "1000", "--log-level", "warning"]  # a long wait: a request stays in flight
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

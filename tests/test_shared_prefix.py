@@ -133,7 +133,7 @@ def test_embed_batch_equals_embed_per_request(embedder: Embedder) -> None:
 
 
 def test_backend_argument_is_validated(reranker_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match=r"backend 'cuda' is not one of \('torch', 'triton'\)"):
+    with pytest.raises(ValueError, match=r"backend 'cuda' is not one of \('cpu', 'torch', 'triton'\)"):
         Reranker(reranker_dir, device="cpu", backend="cuda")
     with pytest.raises(TypeError, match=r"backend must be a str, got int"):
         Reranker(reranker_dir, device="cpu", backend=1)  # type: ignore[arg-type]

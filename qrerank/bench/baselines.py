@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from qrerank.prompts import DEFAULT_RERANK_INSTRUCTION, RERANK_BODY, RERANK_PREFIX, RERANK_SUFFIX
 
 
-def _transformers() -> ModuleType:
+def require_transformers() -> ModuleType:
     try:
         import transformers
     except ImportError:
@@ -23,20 +23,16 @@ def _transformers() -> ModuleType:
     return transformers
 
 
-class OfficialReranker:
-    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, max_length: int) -> None:
-        tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
-        self.model = self.model.to(device).eval()
-        self.device, self.max_length = device, max_length
-        self.yes = self.tokenizer.convert_tokens_to_ids("yes")
-        self.no = self.tokenizer.convert_tokens_to_ids("no")
+class RecipeInputs:
+    """The published recipes' tokenization: left-padded batches, the reranker's chat template around each pair."""
+
+    def __init__(self, model_dir: Path, max_length: int) -> None:
+        self.tokenizer = require_transformers().AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        self.max_length = max_length
         self.prefix = self.tokenizer.encode(RERANK_PREFIX, add_special_tokens=False)
         self.suffix = self.tokenizer.encode(RERANK_SUFFIX, add_special_tokens=False)
 
-    @torch.no_grad()
-    def score(self, query: str, docs: list[str]) -> np.ndarray:
+    def rerank(self, query: str, docs: list[str]) -> dict[str, torch.Tensor]:
         pairs = [RERANK_BODY.format(instruction=DEFAULT_RERANK_INSTRUCTION, query=query, doc=d) for d in docs]
         inputs = self.tokenizer(
             pairs,
@@ -46,7 +42,27 @@ class OfficialReranker:
             max_length=self.max_length - len(self.prefix) - len(self.suffix),
         )
         inputs["input_ids"] = [self.prefix + ids + self.suffix for ids in inputs["input_ids"]]
-        inputs = self.tokenizer.pad(inputs, padding=True, return_tensors="pt").to(self.device)
+        return dict(self.tokenizer.pad(inputs, padding=True, return_tensors="pt"))
+
+    def embed(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(
+            self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        )
+
+
+class OfficialReranker:
+    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, max_length: int) -> None:
+        tf = require_transformers()
+        self.inputs = RecipeInputs(model_dir, max_length)
+        self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+        self.model = self.model.to(device).eval()
+        self.device = device
+        self.yes = self.inputs.tokenizer.convert_tokens_to_ids("yes")
+        self.no = self.inputs.tokenizer.convert_tokens_to_ids("no")
+
+    @torch.no_grad()
+    def score(self, query: str, docs: list[str]) -> np.ndarray:
+        inputs = {name: t.to(self.device) for name, t in self.inputs.rerank(query, docs).items()}
         logits = self.model(**inputs).logits[:, -1, :]
         yes_no = torch.stack([logits[:, self.no], logits[:, self.yes]], dim=1)
         return F.log_softmax(yes_no.float(), dim=1)[:, 1].exp().cpu().numpy()
@@ -54,16 +70,16 @@ class OfficialReranker:
 
 class OfficialEmbedder:
     def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, max_length: int) -> None:
-        tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        tf = require_transformers()
+        self.inputs = RecipeInputs(model_dir, max_length)
         self.model = tf.AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
         self.model = self.model.to(device).eval()
-        self.device, self.max_length = device, max_length
+        self.device = device
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.model(**batch.to(self.device)).last_hidden_state
+        batch = {name: t.to(self.device) for name, t in self.inputs.embed(texts).items()}
+        hidden = self.model(**batch).last_hidden_state
         pooled = hidden[:, -1]  # left padding: the last position is every text's final token
         return F.normalize(pooled.float(), p=2, dim=1).cpu().numpy()
 

@@ -77,11 +77,14 @@ class Run:
 
     name: str
     latencies: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # the process's CPU time (all threads) per request
     outputs: list[Any] = field(default_factory=list)
     peak_memory: int = 0
 
     def timed(self, fn: Callable[[], Any], device: torch.device) -> None:
+        cpu = time.process_time()
         seconds, out = timed(fn, device)
+        self.cpu_seconds.append(time.process_time() - cpu)
         self.latencies.append(seconds)
         self.outputs.append(out)
 
@@ -94,4 +97,6 @@ class Run:
             "p95_ms": 1e3 * float(np.percentile(self.latencies, 95)),
             "peak_memory_mb": self.peak_memory / 2**20,
             "total_s": total,
+            # CPU seconds spent: on a shared machine, less sensitive than wall time to the other processes
+            "cpu_s": sum(self.cpu_seconds),
         }

@@ -1,7 +1,8 @@
-"""What the card can do, measured in the same run: bf16 matmul rate and copy bandwidth; and model FLOPs."""
+"""What the card or CPU can do, measured in the same run: matmul rate (and a card's copy bandwidth); model FLOPs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -50,6 +51,21 @@ def measure_card(flush: torch.Tensor | None = None) -> dict[str, float]:
     dst = torch.empty_like(src)
     copy_ms = cuda_time_ms(dst.copy_, src, flush=flush)
     return {"matmul_tflops": 2 * n**3 / gemm_ms / 1e9, "copy_gbps": 2 * src.numel() * 2 / copy_ms / 1e6}
+
+
+def measure_cpu_matmul(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """This CPU's matmul rate in `dtype` (GFLOP/s, median of `repeats` n^3 GEMMs into a warm output), with
+    torch's current thread count: the ceiling a CPU forward's model-FLOP rate is quoted against."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: oneDNN's first call picks and JITs its kernel
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        samples.append(time.perf_counter() - start)
+    return 2 * n**3 / float(np.median(samples)) / 1e9
 
 
 def model_flops(config: ModelConfig, lengths: Sequence[int]) -> float:
