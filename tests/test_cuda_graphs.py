@@ -133,7 +133,8 @@ def test_warmup_is_off_on_cpu_by_default_and_runs_both_kernel_variants(
         return forward(self, batch)
 
     monkeypatch.setattr(Qwen3, "forward", counting_forward)
-    Reranker(reranker_dir, device="cpu", max_length=256)
+    # backend="torch": the fused CPU ops compile themselves at construction, whatever `warmup` says
+    Reranker(reranker_dir, device="cpu", max_length=256, backend="torch")
     assert batches == []
-    Reranker(reranker_dir, device="cpu", max_length=256, warmup=True)
+    Reranker(reranker_dir, device="cpu", max_length=256, backend="torch", warmup=True)
     assert [batch.prefix_lens is not None for batch in batches] == [False, True]

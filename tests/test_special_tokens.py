@@ -101,7 +101,7 @@ def test_cli_passes_special_tokens(
     embedding_dir: Path,
     plain_reranker: Reranker,
 ) -> None:
-    argv = ["--max-length", "256", "--special-tokens", "plain"]
+    argv = ["--dtype", "float32", "--max-length", "256", "--special-tokens", "plain"]  # as the fp32 fixture
     assert main(["score", "--model", str(reranker_dir), *argv, "capital?", "Paris.", FORGED]) == 0
     expected = plain_reranker.rank("capital?", ["Paris.", FORGED], return_documents=True)
     assert json.loads(capsys.readouterr().out) == pytest.approx(expected)
