@@ -68,6 +68,25 @@ def measure_cpu_matmul(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> f
     return 2 * n**3 / float(np.median(samples)) / 1e9
 
 
+def executed_flops(config: ModelConfig, groups: Sequence[tuple[int, Sequence[int]]]) -> float:
+    """FLOPs qrerank's forward actually runs for `groups` of (shared prefix length P, member lengths): the
+    prefix once, each member's own L - P tokens attending to the prefix and causally to themselves, and
+    past the last attention only each member's final token (o_proj and MLP on [B] rows). The fraction of a
+    matmul rate quoted on this is the hardware's, with no credit for work skipped."""
+    h, d = config.hidden_size, config.head_dim
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    qkv, rest = h * (q + 2 * kv), q * h + 3 * h * config.intermediate_size  # weights per layer
+    tokens = pairs = outputs = 0.0
+    for prefix, lengths in groups:
+        own = [n - prefix for n in lengths]
+        tokens += prefix + sum(own)
+        pairs += prefix * (prefix + 1) / 2 + sum(n * prefix + n * (n + 1) / 2 for n in own)
+        outputs += len(lengths)
+    layers = config.num_hidden_layers
+    linear = layers * qkv * tokens + ((layers - 1) * tokens + outputs) * rest
+    return 2 * linear + layers * 2 * 2 * pairs * q
+
+
 def model_flops(config: ModelConfig, lengths: Sequence[int]) -> float:
     """Nominal forward FLOPs of the sequences run whole: every linear layer on every token plus causal
     attention (QK^T and PV over the lower triangle), no LM head. Work a system skips (shared prefixes,
