@@ -9,7 +9,9 @@ roundings to bf16 inside one op are skipped (the result is rounded once), which 
 
 Compiling needs a C++ compiler at run time and takes seconds, so `FusedCpuOps.warm_up` compiles while the
 engine is built, for T >= 2 rows (T symbolic: one kernel for every batch) and T = 1 (torch specialises
-size-1 dimensions), never during a request. Without a working compiler the twins run instead.
+size-1 dimensions), never during a request. torch also compiles per thread count (its guards check
+`torch.get_num_threads()`): after `torch.set_num_threads`, `Engine.warmup()` compiles for the new count,
+else the engine's next run does (and logs a warning). Without a working compiler the twins run instead.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class FusedCpuOps:
         self.workspace = Workspace(dtype, device)
         self.kernels = Kernels.compiled()
         self.compile_error: str | None = None  # why the eager kernels run instead, if they do
+        self.compiled_for: set[int] = set()  # torch thread counts the kernels are compiled for (torch guards on it)
 
     def ops(self) -> Ops:
         return Ops(
@@ -132,6 +135,7 @@ class FusedCpuOps:
     def warm_up(self, forward: Callable[[PackedBatch], torch.Tensor], device: torch.device) -> None:
         """Compile every kernel now, through `forward` (the model's) on tiny batches. Without a working
         C++ compiler (or where torch cannot compile at all) the eager kernels take over, and the reason is kept."""
+        self.compiled_for.add(torch.get_num_threads())
         try:
             # Each model shape and dtype adds two variants (>= 2 rows, 1 row) to every kernel; torch's
             # default limit of 8 per function would cap a process at four such engines.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from qrerank.validation import check_bool, check_int, resolve_backend, resolve_d
 
 DEFAULT_MAX_LENGTH = 8192  # max_length=None: this, or the model's max_position_embeddings when shorter
 DEFAULT_MAX_BATCH_TOKENS = 16384
+logger = logging.getLogger("qrerank")
 PIPELINE_CHUNK = 1024  # sequences tokenized per step of Engine.run_pipelined
 
 
@@ -162,6 +164,8 @@ class Engine:
         prefixes = [shared_prefix_len(group) if options.share_prefix else 0 for group in groups]
         out = torch.empty((len(sequences), self.config.hidden_size), dtype=torch.float32, device=options.device)
         with self._lock:
+            if self.cpu_ops is not None and torch.get_num_threads() not in self.cpu_ops.compiled_for:
+                self._recompile_cpu_ops()
             for parts in plan_batches(lengths, members, prefixes, options.max_batch_tokens):
                 self._run_parts(sequences, lengths, parts, out)
                 if progress is not None:
@@ -171,18 +175,34 @@ class Engine:
     def warmup(self) -> None:
         """Do now what the first requests would otherwise wait for: compile every kernel variant (one eager
         batch with a shared prefix and one without) and capture every CUDA-graph bucket this engine's
-        max_batch_tokens and max_length can reach. On CUDA with the default options it runs at construction."""
+        max_batch_tokens and max_length can reach. On CUDA with the default options it runs at construction.
+        On CPU the fused ops compile at construction anyway; call this after `torch.set_num_threads`, for
+        which torch compiles them again."""
         options = self.options
         assert options.max_length is not None  # set by fit()
         eager = [([[0], [1]], 0)]  # two sequences sharing nothing
         if options.max_length >= 2:  # a shared prefix leaves each sequence a token of its own
             eager.append(([[0, 1], [0, 2]], 1))
         with self._lock:
+            if self.cpu_ops is not None:
+                self.cpu_ops.warm_up(self.model.forward, options.device)
             for sequences, prefix in eager:
                 self.model.forward(pack(sequences, [Part(np.arange(2), prefix)], options.device))
             if self._graphs is not None:
                 for bucket in self._graphs.buckets(options.max_batch_tokens, options.max_length):
                     self._graphs.capture(bucket)
+
+    def _recompile_cpu_ops(self) -> None:
+        """torch compiles for the thread count it runs with: after `torch.set_num_threads` the fused ops
+        compile again, once per count. Done here, at the start of a run, rather than inside its forward."""
+        assert self.cpu_ops is not None
+        logger.warning(
+            "torch's thread count is now %d; this engine's CPU ops were compiled for %s: compiling them for it now, "
+            "in a request (seconds); call engine.warmup() after torch.set_num_threads to do it beforehand",
+            torch.get_num_threads(),
+            sorted(self.cpu_ops.compiled_for),
+        )
+        self.cpu_ops.warm_up(self.model.forward, self.options.device)
 
     def check_tokenized(self, tokenized: Sequence[Tokenized], sizes: Sequence[int]) -> None:
         """Token ids supplied by a caller (one Tokenized per request) must fit the requests and the model:

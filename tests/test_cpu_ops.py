@@ -146,6 +146,33 @@ def test_no_compilation_during_requests_after_construction(reranker_dir: Path) -
         reranker.score_pairs([("q1", "a"), ("q2", "b c d")])  # no shared prefix across queries
 
 
+def test_a_new_thread_count_compiles_in_warmup_or_else_at_the_start_of_a_run(
+    reranker_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch guards compiled code on its thread count: engine.warmup() compiles for a new one; without it the
+    next run compiles before its forward, saying so; a count compiled once stays compiled."""
+    reranker = Reranker(reranker_dir, device="cpu", dtype=torch.bfloat16, max_length=256)
+    threads = torch.get_num_threads()
+    docs = ["one document", "another"]
+    expected = reranker.score("a question", docs)
+    try:
+        torch.set_num_threads(threads + 1)
+        reranker.engine.warmup()
+        with torch.compiler.set_stance("fail_on_recompile"):
+            np.testing.assert_allclose(reranker.score("a question", docs), expected, rtol=0, atol=1e-6)
+        torch.set_num_threads(threads)
+        with caplog.at_level("WARNING", logger="qrerank"), torch.compiler.set_stance("fail_on_recompile"):
+            reranker.score("a question", docs)
+        assert "thread count" not in caplog.text
+        torch.set_num_threads(threads + 2)
+        with caplog.at_level("WARNING", logger="qrerank"):
+            got = reranker.score("a question", docs)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"thread count is now {threads + 2}; this engine's CPU ops were compiled for" in caplog.text
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
 def test_bf16_adds_no_error_beyond_the_twins(reranker_dir: Path) -> None:
     """Against the fp32 run, the fused bf16 ops err about as much as the bf16 twins: they round at other points
     (once per op instead of after each step), so document by document either may be closer; on average neither
