@@ -101,9 +101,13 @@ def test_load_refuses_other_files(tmp_path: Path) -> None:
 
 # Saves a new index over argv[1], stalling once every byte is written but before the rename.
 SAVE_THEN_STALL = """
-import sys, time, torch
+import signal, sys, time, torch
 from qrerank import safetensors_writer
 from qrerank.index import Index
+
+# A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+# leaves it so: restore Ctrl-C's KeyboardInterrupt, which is what this test sends.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def stall(fd):
     print("written", flush=True)
