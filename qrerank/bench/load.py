@@ -17,7 +17,7 @@ import torch
 from qrerank import Embedder, Reranker
 
 
-def _status(field: str) -> int:
+def memory_status(field: str) -> int:
     """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
@@ -29,7 +29,7 @@ def _status(field: str) -> int:
 def measure(model: Path, kind: str, dtype: str) -> dict[str, float]:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident size
-    base = _status("VmRSS")
+    base = memory_status("VmRSS")
     start = time.perf_counter()
     # backend="torch": the load alone. The CPU ops' one-off compile at construction (Inductor's modules and
     # compiled kernels, a few hundred MB resident whatever the model size) is not part of loading.
@@ -38,7 +38,7 @@ def measure(model: Path, kind: str, dtype: str) -> dict[str, float]:
     weights = engine.engine.model.weights
     tensors = [weights.embed, weights.norm] + [t for layer in weights.layers for t in vars(layer).values()]
     weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    peak = _status("VmHWM") - base
+    peak = memory_status("VmHWM") - base
     return {
         "weights_mb": weight_bytes / 2**20,
         "peak_mb": peak / 2**20,
