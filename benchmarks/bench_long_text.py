@@ -21,7 +21,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from qrerank import Reranker
-from qrerank.bench.load import memory_status
+from qrerank.bench.measure import memory_status
 from qrerank.bounded import BoundedEncoder
 from qrerank.testing import random_checkpoint
 from qrerank.tokenize import bundled_tokenizer_json

@@ -89,20 +89,45 @@ def test_silu_mul_and_linear_match_their_twins(fused: FusedCpuOps) -> None:
         _assert_close(fused.linear(x, weight), F.linear(x, weight))
 
 
-@torch.inference_mode()
-def test_attention_matches_its_twin_after_shared_prefixes(fused: FusedCpuOps) -> None:
+def _packed_attention(
+    fused: FusedCpuOps, lengths: list[int], prefix_lens: list[int], scale: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fused.attention and its twin on one packed batch (every prefix is sequence 0); `scale` per sequence
+    sizes its keys and values, so that a key read across a sequence's end would show."""
     dtype = fused.workspace.dtype
-    torch.manual_seed(3)
-    # packed: a 5-token prefix, two sequences that attend to it, an empty one, an unshared 3-token sequence
-    lengths, prefix_offsets, prefix_lens = [5, 4, 1, 0, 3], [0, 0, 0, 0, 0], [0, 5, 5, 0, 0]
     cu = F.pad(torch.tensor(lengths).cumsum(0), (1, 0)).to(torch.int32)
     t = sum(lengths)
+    rows = torch.tensor(scale).repeat_interleave(torch.tensor(lengths))[:, None, None]  # [T, 1, 1]
     q = _randn(t, HEADS, HEAD_DIM, dtype=dtype)
-    k, v = _randn(t, KV_HEADS, HEAD_DIM, dtype=dtype), _randn(t, KV_HEADS, HEAD_DIM, dtype=dtype)
-    offsets, lens = torch.tensor(prefix_offsets, dtype=torch.int32), torch.tensor(prefix_lens, dtype=torch.int32)
-    got = fused.attention(q, k, v, cu, 5, HEAD_DIM**-0.5, offsets, lens)
-    expected = reference.attention(q, k, v, cu, 5, HEAD_DIM**-0.5, offsets, lens)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same SDPA calls, into a workspace buffer
+    k, v = (rows * torch.randn(t, KV_HEADS, HEAD_DIM)).to(dtype), (rows * torch.randn(t, KV_HEADS, HEAD_DIM)).to(dtype)
+    offsets = torch.zeros(len(lengths), dtype=torch.int32)
+    lens = torch.tensor(prefix_lens, dtype=torch.int32)
+    got = fused.attention(q, k, v, cu, max(lengths), HEAD_DIM**-0.5, offsets, lens)
+    return got, reference.attention(q, k, v, cu, max(lengths), HEAD_DIM**-0.5, offsets, lens)
+
+
+@torch.inference_mode()
+def test_attention_matches_its_twin_after_shared_prefixes(fused: FusedCpuOps) -> None:
+    torch.manual_seed(3)
+    # packed: a 5-token prefix, two sequences that attend to it, an empty one, an unshared 3-token sequence
+    got, expected = _packed_attention(fused, [5, 4, 1, 0, 3], [0, 5, 5, 0, 0], [1.0] * 5)
+    if fused.workspace.dtype == torch.float32:
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # the same SDPA calls, into a workspace buffer
+    else:
+        _assert_close(got, expected)  # the same calls over key counts rounded up to KEY_BLOCK
+
+
+@torch.inference_mode()
+def test_attention_keys_rounded_up_to_a_block_change_nothing(fused: FusedCpuOps) -> None:
+    """In bf16 a causal call's keys run on past its sequence into the next ones (scaled by 1e3 here: one
+    seen key would swamp the result) and, at the batch's end, into zeros; prefix calls get zero keys."""
+    torch.manual_seed(4)
+    lengths = [45, 33, 31, 1, 64, 70, 2, 95]  # the prefix, then counts below, at and past a multiple of 32
+    for prefix_len in (0, 45):
+        prefix_lens = [0] + [prefix_len] * (len(lengths) - 1)
+        scale = [1.0] + [1e3 if i % 2 else 1.0 for i in range(len(lengths) - 1)]
+        got, expected = _packed_attention(fused, lengths, prefix_lens, scale)
+        _assert_close(got, expected)
 
 
 def test_workspace_reuses_its_buffers_and_grows_once() -> None:

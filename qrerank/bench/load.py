@@ -15,15 +15,7 @@ from pathlib import Path
 import torch
 
 from qrerank import Embedder, Reranker
-
-
-def memory_status(field: str) -> int:
-    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from qrerank.bench.measure import memory_status
 
 
 def measure(model: Path, kind: str, dtype: str) -> dict[str, float]:

@@ -24,7 +24,10 @@ def rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Peak memory above the level at entry: device memory on CUDA, resident host memory on CPU (sampled every 2 ms)."""
+    """Peak memory above the level at entry: device memory on CUDA; on CPU resident host memory, read from
+    the kernel's high-water mark (Linux, reset at entry), else sampled every 2 ms by a thread. The mark
+    costs nothing while the measured code runs; the sampler wakes 500 times a second beside its threads
+    (about 7% of a 2-core embed request's time)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -35,15 +38,20 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            # Hand memory freed by the previous run back to the OS first; otherwise this run would
-            # reuse it without raising the resident size, and its peak would read as zero.
-            if hasattr(_LIBC, "malloc_trim"):
-                _LIBC.malloc_trim(0)
-            self._base = rss_bytes()
+            return self
+        # Hand memory freed by the previous run back to the OS first; otherwise this run would
+        # reuse it without raising the resident size, and its peak would read as zero.
+        if hasattr(_LIBC, "malloc_trim"):
+            _LIBC.malloc_trim(0)
+        self._thread: threading.Thread | None = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM starts again from the current resident size
+        except OSError:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
+        self._base = rss_bytes()
         return self
 
     def _sample(self) -> None:
@@ -54,10 +62,21 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        elif self._thread is None:
+            self.peak = max(0, memory_status("VmHWM") - self._base)
         else:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, rss_bytes() - self._base)
+
+
+def memory_status(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
