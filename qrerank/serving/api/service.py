@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import msgspec
@@ -28,7 +29,7 @@ from qrerank.serving.errors import ApiError
 from qrerank.serving.lifecycle import all_of, while_connected
 from qrerank.serving.metrics import ServingMetrics
 from qrerank.serving.options import ServerOptions
-from qrerank.serving.prepare import embed_work, score_work, token_ids_work
+from qrerank.serving.prepare import EmbedWork, embed_work, score_work, token_ids_work
 from qrerank.serving.schemas import S, Schema, strict_variant
 from qrerank.serving.tokens import TokenCounter
 
@@ -155,15 +156,9 @@ class Service:
         if prompt is not None and instruction is not None:
             raise ApiError(422, "a prompt (prompt_name) and an instruction were both given; the model takes one")
         options = dict(instruction=instruction, prompt=prompt, dim=dim, normalize=normalize, truncate=truncate)
-
-        async def run() -> Embedded:
-            prepared = await asyncio.to_thread(
-                embed_work, counter, embedder, texts, **options, field=field, dim_field=dim_field
-            )
-            vectors = await self.engine.submit(prepared.request, tokenized=prepared.tokenized)
-            return Embedded(vectors, prepared.tokens)
-
-        return self._counted(await self._within_timeout(request, run()), self.options.embedder_name)
+        return await self._embedded(
+            request, partial(embed_work, counter, embedder, texts, **options, field=field, dim_field=dim_field)
+        )
 
     async def embed_token_ids(
         self,
@@ -179,9 +174,13 @@ class Service:
         embedder = self.engine.embedder
         assert embedder is not None
         self.check_count(len(sequences), field)
+        return await self._embedded(request, partial(token_ids_work, embedder, sequences, dim, truncate, field))
+
+    async def _embedded(self, request: Request, prepare: Callable[[], EmbedWork]) -> Embedded:
+        """Run `prepare` on a worker thread, then its request on the engine, within the request's lifetime."""
 
         async def run() -> Embedded:
-            prepared = await asyncio.to_thread(token_ids_work, embedder, sequences, dim, truncate, field)
+            prepared = await asyncio.to_thread(prepare)
             vectors = await self.engine.submit(prepared.request, tokenized=prepared.tokenized)
             return Embedded(vectors, prepared.tokens)
 
