@@ -1,8 +1,9 @@
 """The base of every request body schema, and its strict variant (`--strict-fields`).
 
-Bodies are msgspec Structs, decoded straight from the body bytes: no intermediate Python objects are
-built for a body that fails, and decoding stops at its first error, so a flood of wrongly typed items
-costs microseconds, not an object per item. No type coercion ("5" is not 5, 1 is not true).
+Bodies are msgspec Structs, decoded straight from the body bytes: no intermediate Python objects,
+unknown fields skipped unbuilt, and decoding stops at its first error, so a flood of wrongly typed items
+costs microseconds, not an object per item (valid items are built, so body.py counts a list before
+decoding it). No type coercion ("5" is not 5, 1 is not true).
 
 Unknown fields are ignored, as text-embeddings-inference and OpenAI do, so a client written for a
 peer API keeps working when it sends a field qrerank has no use for. Every field that a peer API

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-import msgspec
 import numpy as np
 from fastapi import Request
 
 from qrerank.serving.async_engine import AsyncEngine
-from qrerank.serving.body import bounded_variant, decode, read_body, read_request
+from qrerank.serving.body import decode, raw_fields, read_body, read_request
 from qrerank.serving.errors import ApiError
 from qrerank.serving.lifecycle import all_of, while_connected
 from qrerank.serving.metrics import ServingMetrics
@@ -70,19 +69,22 @@ class Service:
 
     async def read(self, request: Request, schema: type[S]) -> S:
         """The body decoded into `schema` (its strict variant under --strict-fields); 400/413/422 otherwise."""
-        return await read_request(request, self._variant(schema), self.options.max_body_bytes)
+        return await read_request(request, self._variant(schema), self.options.max_body_bytes, self.max_list_items)
 
     async def read_by_shape(self, request: Request, schemas: Mapping[str, type[Schema]]) -> Schema:
         """The body decoded into the schema of the first field of `schemas` it has: one route, several bodies."""
         raw = await read_body(request, self.options.max_body_bytes)
-        fields = await asyncio.to_thread(decode, dict[str, msgspec.Raw], raw)  # the top-level keys, values unparsed
+        fields = await asyncio.to_thread(raw_fields, raw, tuple(schemas))
+        if fields is None:  # empty, not JSON or not an object: any of the schemas names the error (400/422)
+            await asyncio.to_thread(decode, self._variant(next(iter(schemas.values()))), raw)
+            raise ApiError(422, "the body is not a JSON object")
         for field, schema in schemas.items():
             if field in fields:
-                return await asyncio.to_thread(decode, self._variant(schema), raw)
+                return await asyncio.to_thread(decode, self._variant(schema), raw, self.max_list_items)
         raise ApiError(422, f"the body has none of the fields {', '.join(map(repr, schemas))}, so it fits no API here")
 
     def _variant(self, schema: type[S]) -> type[S]:
-        return bounded_variant(strict_variant(schema) if self.options.strict_fields else schema, self.max_list_items)
+        return strict_variant(schema) if self.options.strict_fields else schema
 
     def reranker(self, requested: str | None) -> str:
         """The served name answering a request for `requested` (None: the request names no model)."""

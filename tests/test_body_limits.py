@@ -1,0 +1,100 @@
+"""The list bound of request bodies: counted on the JSON text before anything is decoded, exact at the bound
+whatever the items hold, in bounded memory for a million tiny items, and not applied to one input's token ids."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from qrerank.serving.api.cohere import RerankRequest
+from qrerank.serving.api.openai import EmbeddingsRequest
+from qrerank.serving.body import decode, raw_fields
+from qrerank.serving.errors import ApiError
+
+FLOOD = 4 * 1024 * 1024
+
+
+def _rerank(documents: list[Any]) -> bytes:
+    return json.dumps({"query": "q", "documents": documents}).encode()
+
+
+def _refused(schema: type, raw: bytes, max_items: int) -> ApiError:
+    with pytest.raises(ApiError) as refused:
+        decode(schema, raw, max_items)
+    return refused.value
+
+
+TRICKY = ['a, "b"], [c', "}{,,", '\\"],', {"text": "x, y", "title": "[1, 2, {3}]"}, "", "\u00e9,\u4e2d"]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 6])
+def test_the_bound_is_exact_whatever_the_items_hold(count: int) -> None:
+    """Commas, brackets and escaped quotes inside texts and nested objects are not item separators."""
+    documents = (TRICKY * 2)[:count]
+    if count <= 5:
+        assert decode(RerankRequest, _rerank(documents), 5).documents == documents
+    else:
+        error = _refused(RerankRequest, _rerank(documents), 5)
+        assert error.status == 413
+        assert error.message == "documents holds more than 5 items; this server accepts at most 5"
+
+
+def test_whitespace_and_nesting_around_items_are_counted_right() -> None:
+    raw = b'{"query": "q", "documents" :\n [ "a" ,\t{"text": "b,c", "k": "[,]"} , "d" ] }'
+    assert len(decode(RerankRequest, raw, 3).documents) == 3
+    assert _refused(RerankRequest, raw, 2).status == 413
+
+
+def test_one_texts_token_ids_are_not_bounded_but_lists_of_inputs_are() -> None:
+    ids = list(range(5000))
+    assert decode(EmbeddingsRequest, json.dumps({"input": ids}).encode(), 2).input == ids
+    assert decode(EmbeddingsRequest, json.dumps({"input": [ids]}).encode(), 2).input == [ids]
+    for too_many in (["a", "b", "c"], [[1], [2], [3]], [1, "a", "b"]):
+        error = _refused(EmbeddingsRequest, json.dumps({"input": too_many}).encode(), 2)
+        assert error.status == 413 and "input holds more than 2 items" in error.message
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    except ApiError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    ("schema", "prefix", "item"),
+    [
+        (RerankRequest, b'{"query": "q", "documents": [', b'"a"'),
+        (RerankRequest, b'{"query": "q", "documents": [', b'{"text": "a"}'),
+        (EmbeddingsRequest, b'{"input": [', b'"a"'),
+        (EmbeddingsRequest, b'{"input": [', b"[1]"),
+    ],
+)
+def test_a_flood_of_valid_items_is_refused_in_bounded_memory(schema: type, prefix: bytes, item: bytes) -> None:
+    """Checked by msgspec's max_length, these million items were all built first: 58-96 MB out of 4 MiB."""
+    raw = prefix + b",".join([item] * (FLOOD // (len(item) + 1))) + b"]}"
+    assert _refused(schema, raw, 2048).status == 413
+    peak = _peak(lambda: decode(schema, raw, 2048))
+    assert peak < 2**20, f"refusing the flood took {peak / 2**20:.1f} MiB"
+
+
+def test_a_million_ignored_fields_cost_no_object_each() -> None:
+    """The fields are found by a Struct reading them as raw JSON, not by a dict of every key (56 MB here)."""
+    raw = b'{"query": "q", "documents": ["a"], ' + b",".join(b'"k%d": 1' % i for i in range(400_000)) + b"}"
+    assert decode(RerankRequest, raw, 2048).documents == ["a"]
+    assert _peak(lambda: decode(RerankRequest, raw, 2048)) < 2**20
+    assert _peak(lambda: raw_fields(raw, ("documents", "inputs"))) < 2**20
+    fields = raw_fields(raw, ("documents", "inputs"))
+    assert fields is not None and set(fields) == {"documents"} and bytes(fields["documents"]) == b'["a"]'
+    assert raw_fields(b"[1]", ("documents",)) is None and raw_fields(b"{", ("documents",)) is None
