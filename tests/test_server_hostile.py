@@ -143,7 +143,7 @@ def test_floods_of_items_are_refused_fast_in_bounded_memory(served: tuple[int, s
         prober.join()
         growth = _peak_rss(pid) - before
         assert status == 413 and b"documents holds more than" in answer, answer[:200]
-        assert seconds < 1.0, f"{item!r} x {len(body) // (len(item) + 1)}: 422 after {seconds:.2f} s"
+        assert seconds < 1.0, f"{item!r} x {len(body) // (len(item) + 1)}: 413 after {seconds:.2f} s"
         assert growth < 10 * len(body), (
             f"peak memory grew {growth / 2**20:.1f} MiB for a {len(body) / 2**20:.1f} MiB body"
         )

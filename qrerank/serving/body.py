@@ -6,7 +6,7 @@ request), oversized 413 (checked on Content-Length before reading, and again whi
 UTF-8 or not JSON 400, the wrong shape 422 naming the first offending field, a list longer than any
 route takes 413. Decoding runs on a worker thread, so a large body never holds the event loop (and
 with it /health and every other request), and it stops at the first error; a list longer than the
-server's bound is refused by counting before anything is built (`check_list_lengths`), so a 4 MiB
+server's bound is refused by counting before anything is built (`_check_list_lengths`), so a 4 MiB
 flood of items costs no object per item. A client that disconnects
 mid-body is ClientDisconnected, not a server fault.
 """
@@ -69,17 +69,14 @@ async def read_request(request: Request, schema: type[S], max_bytes: int, max_it
     return await asyncio.to_thread(decode, schema, raw, max_items)
 
 
-@functools.cache
-def _list_fields(schema: type) -> tuple[tuple[str, bool], ...]:
-    """(JSON name, may hold token ids) of each top-level field of the Struct `schema` that may be a list."""
-    if not (isinstance(schema, type) and issubclass(schema, msgspec.Struct)):
-        return ()
-    found = []
-    for info in msgspec.structs.fields(schema):
-        items = _list_items(info.type)
-        if items is not None:
-            found.append((info.encode_name, _may_be_int(items)))
-    return tuple(found)
+def raw_fields(raw: bytes, names: tuple[str, ...]) -> dict[str, memoryview] | None:
+    """The JSON text of each field of `names` the object `raw` has, or None if `raw` is not a JSON object."""
+    try:
+        values = msgspec.json.decode(raw, type=_raw_fields(names))
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # decoding the body names it (400/422)
+        return None
+    found = {name: memoryview(getattr(values, f"f{i}")) for i, name in enumerate(names)}
+    return {name: value for name, value in found.items() if len(value)}
 
 
 @functools.cache
@@ -91,38 +88,7 @@ def _raw_fields(names: tuple[str, ...]) -> type[msgspec.Struct]:
     return msgspec.defstruct("RawFields", fields, kw_only=True)
 
 
-def raw_fields(raw: bytes, names: tuple[str, ...]) -> dict[str, memoryview] | None:
-    """The JSON text of each field of `names` the object `raw` has, or None if `raw` is not a JSON object."""
-    try:
-        values = msgspec.json.decode(raw, type=_raw_fields(names))
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # decoding the body names it (400/422)
-        return None
-    found = {name: memoryview(getattr(values, f"f{i}")) for i, name in enumerate(names)}
-    return {name: value for name, value in found.items() if len(value)}
-
-
-def _list_items(tp: Any) -> Any:
-    """The item type of the list type in `tp` (through unions and Annotated), or None if `tp` holds no list."""
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is list:
-        return args[0]
-    if origin is Annotated:
-        return _list_items(args[0])
-    if origin in (Union, types.UnionType):
-        return next((items for items in map(_list_items, args) if items is not None), None)
-    return None
-
-
-def _may_be_int(tp: Any) -> bool:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated:
-        return _may_be_int(args[0])
-    if origin in (Union, types.UnionType):
-        return any(map(_may_be_int, args))
-    return tp is int
-
-
-def check_list_lengths(schema: type, raw: bytes, max_items: int) -> None:
+def _check_list_lengths(schema: type, raw: bytes, max_items: int) -> None:
     """413 if a top-level list field of `schema` in the body `raw` holds more than `max_items` items, found by
     counting the list's top-level commas up to the bound, before anything is decoded. msgspec checks a
     `max_length` only once it has built the whole list: a million tiny items, 58-96 MB out of 4 MiB.
@@ -158,12 +124,46 @@ def _more_items_than(value: memoryview, limit: int) -> bool:
     return False
 
 
+@functools.cache
+def _list_fields(schema: type) -> tuple[tuple[str, bool], ...]:
+    """(JSON name, may hold token ids) of each top-level field of the Struct `schema` that may be a list."""
+    if not (isinstance(schema, type) and issubclass(schema, msgspec.Struct)):
+        return ()
+    found = []
+    for info in msgspec.structs.fields(schema):
+        items = _list_items(info.type)
+        if items is not None:
+            found.append((info.encode_name, _may_be_int(items)))
+    return tuple(found)
+
+
+def _list_items(tp: Any) -> Any:
+    """The item type of the list type in `tp` (through unions and Annotated), or None if `tp` holds no list."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is list:
+        return args[0]
+    if origin is Annotated:
+        return _list_items(args[0])
+    if origin in (Union, types.UnionType):
+        return next((items for items in map(_list_items, args) if items is not None), None)
+    return None
+
+
+def _may_be_int(tp: Any) -> bool:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _may_be_int(args[0])
+    if origin in (Union, types.UnionType):
+        return any(map(_may_be_int, args))
+    return tp is int
+
+
 def decode(schema: type[S], raw: bytes, max_items: int | None = None) -> S:
     """`raw` decoded into `schema`, its top-level lists at most `max_items` long; ApiError 400/413/422 otherwise."""
     if not raw:
         raise ApiError(400, "the request body is empty; send a JSON object")
     if max_items is not None:
-        check_list_lengths(schema, raw, max_items)
+        _check_list_lengths(schema, raw, max_items)
     try:
         return msgspec.json.decode(raw, type=schema)
     except msgspec.ValidationError as err:
