@@ -8,6 +8,7 @@ that `torch.ops.mkldnn._is_mkldnn_bf16_supported()` is true on the emulating CPU
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -38,3 +39,13 @@ def detect() -> CpuFeatures:
         avx512_bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
         threads=torch.get_num_threads(),
     )
+
+
+def model_name() -> str:
+    """The CPU's model name as `lscpu` prints it (from /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()

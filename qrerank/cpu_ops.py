@@ -25,7 +25,7 @@ import torch
 
 from qrerank import reference
 from qrerank.batching import PackedBatch, Part, pack
-from qrerank.cpu_attention import attention_into
+from qrerank.cpu_attention import AttentionPlan, attention_into, row_max_into, shifted_softmax_into
 from qrerank.ops import Ops
 from qrerank.workspace import Workspace
 
@@ -65,23 +65,32 @@ def _silu_mul_into(gate_up: torch.Tensor, out: torch.Tensor) -> None:
 
 @dataclass(frozen=True)
 class Kernels:
-    """The four `*_into` functions, compiled or (the fallback) run eagerly."""
+    """The `*_into` functions, compiled or (the fallback) run eagerly: four here, two of bf16 attention."""
 
     rms_norm: Callable[..., None]
     add_rms_norm: Callable[..., None]
     qk_norm_rope: Callable[..., None]
     silu_mul: Callable[..., None]
+    row_max: Callable[..., None]
+    shifted_softmax: Callable[..., None]
 
     @classmethod
     def eager(cls) -> Kernels:
-        return cls(_rms_norm_into, _add_rms_norm_into, _qk_norm_rope_into, _silu_mul_into)
+        return cls(
+            _rms_norm_into,
+            _add_rms_norm_into,
+            _qk_norm_rope_into,
+            _silu_mul_into,
+            row_max_into,
+            shifted_softmax_into,
+        )
 
     @classmethod
     def compiled(cls) -> Kernels:
         """Inductor wrappers, compiled on first call. Made per engine so that importing qrerank never loads
         torch._dynamo; torch caches compiled code per function, so engines of one shape share it."""
         eager = cls.eager()
-        # dynamic=False: every size is static but the row dimensions `_rows` marks, so that hidden and
+        # dynamic=False: every size is static but the dimensions `_rows` (and cpu_attention) mark, so that hidden and
         # head sizes are compile-time constants of the vector loops. Not fullgraph: should a request ever
         # need a variant beyond torch's recompile limit, it runs eagerly rather than failing.
         compile_ = partial(torch.compile, dynamic=False)
@@ -115,8 +124,9 @@ class FusedCpuOps:
     So a forward allocates nothing proportional to its tokens but the embedding lookup.
     """
 
-    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, dtype: torch.dtype, device: torch.device, attention_plan: AttentionPlan) -> None:
         self.workspace = Workspace(dtype, device)
+        self.attention_plan = attention_plan
         self.kernels = Kernels.compiled()
         self.compile_error: str | None = None  # why the eager kernels run instead, if they do
         self.compiled_for: set[int] = set()  # torch thread counts the kernels are compiled for (torch guards on it)
@@ -199,7 +209,9 @@ class FusedCpuOps:
         prefix_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         out = self.workspace.take("attention", q.shape)
-        return attention_into(out, q, k, v, cu_seqlens, scale, prefix_offsets, prefix_lens)
+        plan, kernels = self.attention_plan, self.kernels
+        args = (prefix_offsets, prefix_lens, plan, self.workspace, kernels.row_max, kernels.shifted_softmax)
+        return attention_into(out, q, k, v, cu_seqlens, scale, *args)
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         out = self.workspace.take("act", (gate_up.shape[0], gate_up.shape[1] // 2))

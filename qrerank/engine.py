@@ -17,6 +17,7 @@ from qrerank import cpu_features
 from qrerank.batching import Part, batch_size, pack, plan_batches, shared_prefix_len, split_parts
 from qrerank.checkpoint import Checkpoint, load_weights
 from qrerank.config import ModelConfig
+from qrerank.cpu_attention import plan_for
 from qrerank.cpu_features import CpuFeatures
 from qrerank.cpu_ops import FusedCpuOps
 from qrerank.cuda_graphs import CudaGraphs
@@ -123,7 +124,10 @@ class Engine:
         self.config = ckpt.config
         self.path = ckpt.path
         weights = load_weights(ckpt, options.device, options.dtype, head_token_ids)
-        self.cpu_ops = FusedCpuOps(options.dtype, options.device) if options.backend == "cpu" else None
+        self.cpu_ops = None
+        if options.backend == "cpu":
+            plan = plan_for(options.dtype, amx=options.cpu is not None and options.cpu.amx_bf16)
+            self.cpu_ops = FusedCpuOps(options.dtype, options.device, plan)
         ops = self.cpu_ops.ops() if self.cpu_ops is not None else ops_for(options.backend)
         self.model = Qwen3(ckpt.config, weights, ops, max_positions=options.max_length)
         if self.cpu_ops is not None:

@@ -250,12 +250,7 @@ def _compare(runs: dict[str, Run], work: Workload, config: Any, sequences: list[
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
+    return cpu_features.model_name()
 
 
 def _print_environment(env: dict[str, Any]) -> None:
