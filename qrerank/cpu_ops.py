@@ -103,14 +103,19 @@ def _rows(*tensors: torch.Tensor) -> None:
         torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
-def warm_up_batches(device: torch.device) -> list[PackedBatch]:
+def warm_up_batches(device: torch.device, max_length: int, gemm_min_keys: int | None) -> list[PackedBatch]:
     """Tiny batches that reach every kernel at every shape class it will meet: >= 2 rows and 1 row
-    (the last layer runs on one row per output), with and without a shared prefix."""
+    (the last layer runs on one row per output), with and without a shared prefix; and where the attention
+    has a GEMM form that a sequence of max_length can reach, blocks of 1 and 2 queries after that many keys."""
     sequences = [[0, 0, 1], [0, 0, 1, 2], [0]]
-    return [
+    batches = [
         pack(sequences, [Part(np.array([0, 1]), 2)], device),  # 5 tokens, 2 outputs, a shared prefix
         pack(sequences, [Part(np.array([2]), 0)], device),  # 1 token
     ]
+    if gemm_min_keys is not None and gemm_min_keys + 2 <= max_length:
+        prefix = [0] * gemm_min_keys
+        batches.append(pack([[*prefix, 1], [*prefix, 1, 2]], [Part(np.array([0, 1]), gemm_min_keys)], device))
+    return batches
 
 
 class FusedCpuOps:
@@ -142,15 +147,16 @@ class FusedCpuOps:
             linear=self.linear,
         )
 
-    def warm_up(self, forward: Callable[[PackedBatch], torch.Tensor], device: torch.device) -> None:
-        """Compile every kernel now, through `forward` (the model's) on tiny batches. Without a working
-        C++ compiler (or where torch cannot compile at all) the eager kernels take over, and the reason is kept."""
+    def warm_up(self, forward: Callable[[PackedBatch], torch.Tensor], device: torch.device, max_length: int) -> None:
+        """Compile every kernel now, through `forward` (the model's) on tiny batches of at most max_length tokens.
+        Without a working C++ compiler (or where torch cannot compile at all) the eager kernels take over, and
+        the reason is kept."""
         self.compiled_for.add(torch.get_num_threads())
         try:
             # Each model shape and dtype adds two variants (>= 2 rows, 1 row) to every kernel; torch's
             # default limit of 8 per function would cap a process at four such engines.
             with torch._dynamo.config.patch(recompile_limit=64):
-                for batch in warm_up_batches(device):
+                for batch in warm_up_batches(device, max_length, self.attention_plan.gemm_min_keys):
                     forward(batch)
         except torch._dynamo.exc.TorchDynamoException as error:
             self.kernels = Kernels.eager()

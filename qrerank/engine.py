@@ -131,7 +131,7 @@ class Engine:
         ops = self.cpu_ops.ops() if self.cpu_ops is not None else ops_for(options.backend)
         self.model = Qwen3(ckpt.config, weights, ops, max_positions=options.max_length)
         if self.cpu_ops is not None:
-            self.cpu_ops.warm_up(self.model.forward, options.device)  # compiles now, not in a request
+            self.cpu_ops.warm_up(self.model.forward, options.device, options.max_length)  # now, not in a request
         self._graphs = CudaGraphs(self.model) if options.cuda_graphs else None
         self._lock = threading.Lock()
         if options.warmup:
@@ -189,7 +189,7 @@ class Engine:
             eager.append(([[0, 1], [0, 2]], 1))
         with self._lock:
             if self.cpu_ops is not None:
-                self.cpu_ops.warm_up(self.model.forward, options.device)
+                self.cpu_ops.warm_up(self.model.forward, options.device, options.max_length)
             for sequences, prefix in eager:
                 self.model.forward(pack(sequences, [Part(np.arange(2), prefix)], options.device))
             if self._graphs is not None:
@@ -206,7 +206,7 @@ class Engine:
             torch.get_num_threads(),
             sorted(self.cpu_ops.compiled_for),
         )
-        self.cpu_ops.warm_up(self.model.forward, self.options.device)
+        self.cpu_ops.warm_up(self.model.forward, self.options.device, self.options.max_length)
 
     def check_tokenized(self, tokenized: Sequence[Tokenized], sizes: Sequence[int]) -> None:
         """Token ids supplied by a caller (one Tokenized per request) must fit the requests and the model:

@@ -179,6 +179,9 @@ def test_no_compilation_during_requests_after_construction(reranker_dir: Path) -
         reranker.score("q", ["d"])  # one token of its own after the shared prefix
         reranker.score("a longer question", ["one document", "and another, longer document", "x"])
         reranker.score_pairs([("q1", "a"), ("q2", "b c d")])  # no shared prefix across queries
+        long = " ".join(["word"] * 150)  # past GEMM_MIN_KEYS: the bf16 GEMM attention on CPUs without AMX
+        reranker.score("q", [long, "short"])
+        reranker.score(long, ["d", "e f"])  # a long shared prefix, short documents after it
 
 
 def test_a_new_thread_count_compiles_in_warmup_or_else_at_the_start_of_a_run(
