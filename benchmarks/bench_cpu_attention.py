@@ -66,15 +66,13 @@ def main() -> None:
         lens = torch.tensor([0] + [prefix] * (len(lengths) - 1), dtype=torch.int32)
         call = (cu, max(lengths), HEAD_DIM**-0.5, offsets, lens)
         exact = reference.attention(q.float(), k.float(), v.float(), *call)
-        row: dict[str, object] = {"case": name}
-        for system, attention in systems.items():
-            ms, out = _best_ms(attention, (q, k, v, *call), args.repeats)
-            row[system] = {"ms": ms, "max_error": (out.float() - exact).abs().max().item()}
-        rows.append(row)
-        times = "".join(f"{row[system]['ms']:16.2f}" for system in systems)  # type: ignore[index]
-        errors = " / ".join(f"{row[system]['max_error']:.4f}" for system in systems)  # type: ignore[index]
-        ratio = row["SDPA"]["ms"] / row["GEMMs"]["ms"]  # type: ignore[index]
-        print(f"{name:44s} {times}   x{ratio:<10.2f}  {errors}")
+        results = {system: _best_ms(attention, (q, k, v, *call), args.repeats) for system, attention in systems.items()}
+        ms = {system: best for system, (best, _) in results.items()}
+        errors = {system: (out.float() - exact).abs().max().item() for system, (_, out) in results.items()}
+        rows.append({"case": name, "ms": ms, "max_error": errors})
+        times = "".join(f"{ms[system]:16.2f}" for system in systems)
+        error_text = " / ".join(f"{e:.4f}" for e in errors.values())
+        print(f"{name:44s} {times}   x{ms['SDPA'] / ms['GEMMs']:<10.2f}  {error_text}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -133,7 +133,7 @@ def _gemm_sequence(
         _head_major(workspace.take(name, (kv_heads, keys, dim)), x[p_start : p_start + p_len], x[start:end])
         for name, x in (("attention.keys", k), ("attention.values", v))
     )
-    size = -(-n // -(-n // QUERY_BLOCK))  # equal blocks of at most QUERY_BLOCK: 80 queries are 40 + 40
+    size = _ceil_div(n, _ceil_div(n, QUERY_BLOCK))  # equal blocks of at most QUERY_BLOCK: 80 queries are 40 + 40
     for first in range(0, n, size):
         m = min(size, n - first)
         seen = min(keys, _round_up(p_len + first + m, KEY_BLOCK))  # keys this block computes
@@ -209,15 +209,15 @@ def _sdpa_sequence(
     out[start:end] = o[0].transpose(0, 1)
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _round_up(keys: int, block: int) -> int:
-    return -(-keys // block) * block
+    return _ceil_div(keys, block) * block
 
 
 def _padded(keys: int, *parts: torch.Tensor) -> torch.Tensor:
-    """[1, H, keys, D], head-major like the twin's torch.cat (fp32 SDPA is slower on token-major keys): the
-    parts [n_i, H, D] one after another, then zeros."""
-    (_, heads, dim), filled = parts[0].shape, sum(len(p) for p in parts)
-    padded = parts[0].new_empty(1, heads, keys, dim)
-    torch.cat([p.transpose(0, 1)[None] for p in parts], dim=2, out=padded[:, :, :filled])
-    padded[:, :, filled:] = 0
-    return padded
+    """[1, H, keys, D], head-major like the twin's torch.cat (fp32 SDPA is slower on token-major keys)."""
+    _, heads, dim = parts[0].shape
+    return _head_major(parts[0].new_empty(heads, keys, dim), *parts)[None]

@@ -20,7 +20,7 @@ HEADS, KV_HEADS, HEAD_DIM = 6, 2, 40  # 3 query heads per kv head, a head size t
 # relative to the largest |v|, since an output may be a small difference of large values.
 VALUE_ULPS = 2**-7
 # Against the twin's own error: p is rounded to bf16 before p.v, where SDPA keeps it in fp32 without AMX, so
-# the GEMM form adds about one rounding of the values to the twin's one (measured 1.1-2.0x).
+# the GEMM form adds about one rounding of the values to the twin's one (measured 1.0-2.0x in these tests).
 TWIN_FACTOR = 2.5
 
 
