@@ -54,3 +54,4 @@ def test_bench_reports_cpu_features_and_peers(capsys: pytest.CaptureFixture[str]
     for task in (score, embed):
         assert task["best_peer"] in task["agreement"] and task["speedup_vs_best_peer"] > 0
         assert 0 < task["matmul_fraction"] and task["qrerank"]["cpu_s"] > 0
+        assert task["matmul_gflops"] >= env["matmul_gflops"]  # the ceiling is the run's fastest sample
