@@ -6,7 +6,7 @@ Phases, each reporting small-request p50/p99/max and /health p99/max latency:
   large   while one large request runs (its time alone and beside them, and the largest score difference
           between the two runs, are reported too: fair scheduling must not change its results)
   flood   while --flood-clients threads post 4 MiB bodies of wrongly typed documents ([1, 1, ...] and
-          [{}, {}, ...]), each answered 422 (their latency is reported)
+          [{}, {}, ...]), each answered 413 (a list over the server's bound) (their latency is reported)
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def run_hostile(
     def flood_call() -> int:
         return client.call("POST", "/v1/rerank", bodies[next(flood_turn) % 2])[0]
 
-    with Repeat(flood_call, flood_clients, expect=422) as flood:
+    with Repeat(flood_call, flood_clients, expect=413) as flood:
         results["flood"], _ = phase(lambda: time.sleep(seconds))
     results["flood"]["invalid_bodies"] = flood.stats()
     return results
@@ -159,6 +159,6 @@ def print_hostile(results: dict[str, Any]) -> None:
     )
     flood = results["flood"]["invalid_bodies"]
     print(
-        f"4 MiB invalid bodies: {flood['count']} answered 422 (failures {flood['failures']}), "
+        f"4 MiB invalid bodies: {flood['count']} answered 413 (failures {flood['failures']}), "
         f"p50 {flood['p50_ms']:.1f} ms, max {flood['max_ms']:.1f} ms"
     )

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from qrerank.serving import body
 from qrerank.serving.api.cohere import RerankRequest
 from qrerank.serving.api.openai import EmbeddingsRequest
 from qrerank.serving.body import decode, raw_fields
@@ -98,3 +99,45 @@ def test_a_million_ignored_fields_cost_no_object_each() -> None:
     fields = raw_fields(raw, ("documents", "inputs"))
     assert fields is not None and set(fields) == {"documents"} and bytes(fields["documents"]) == b'["a"]'
     assert raw_fields(b"[1]", ("documents",)) is None and raw_fields(b"{", ("documents",)) is None
+
+
+def _counting_raw_fields(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the whole-body msgspec passes `decode` makes to find the list fields."""
+    calls: list[int] = []
+
+    def counted(raw: bytes, names: tuple[str, ...]) -> dict[str, memoryview] | None:
+        calls.append(len(raw))
+        return raw_fields(raw, names)
+
+    monkeypatch.setattr(body, "raw_fields", counted)
+    return calls
+
+
+@pytest.mark.parametrize("item", [b"1", b"{}", b'"a"'])
+def test_a_flood_is_refused_from_its_first_items(monkeypatch: pytest.MonkeyPatch, item: bytes) -> None:
+    """Found by walking the body's first items, not by msgspec's pass over all 4 MiB, which holds the GIL
+    (and with it the event loop) for 20-30 ms a body: under a flood, every other request waited."""
+    calls = _counting_raw_fields(monkeypatch)
+    raw = b'{"query": "q", "documents": [' + b",".join([item] * (FLOOD // (len(item) + 1))) + b"]}"
+    assert _refused(RerankRequest, raw, 2048).status == 413
+    assert calls == []
+
+
+def test_the_walk_reads_keys_as_json_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An escaped key names the same field, and a repeated key is bounded at each occurrence."""
+    calls = _counting_raw_fields(monkeypatch)
+    escaped = b'{"query": "q", "docu\\u006dents": ["a", "b", "c"]}'
+    assert json.loads(escaped)["documents"] == ["a", "b", "c"]
+    assert _refused(RerankRequest, escaped, 2).status == 413
+    repeated = b'{"query": "q", "documents": ["a", "b", "c"], "documents": ["a"]}'
+    assert _refused(RerankRequest, repeated, 2).status == 413
+    assert calls == []
+
+
+def test_items_too_rich_to_walk_are_counted_by_msgspec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its budget of steps the walk hands over to the whole-body pass, which gives the same answers."""
+    calls = _counting_raw_fields(monkeypatch)
+    rich = {f"field{i}": "x, [y]" for i in range(40)}  # ~80 steps an item: 2 items pass the 80-step budget
+    assert decode(RerankRequest, _rerank([rich, rich]), 2).documents == [rich, rich]
+    assert _refused(RerankRequest, _rerank([rich, rich, rich]), 2).status == 413
+    assert len(calls) == 2
