@@ -6,7 +6,7 @@ Phases, each reporting small-request p50/p99/max and /health p99/max latency:
   large   while one large request runs (its time alone and beside them, and the largest score difference
           between the two runs, are reported too: fair scheduling must not change its results)
   flood   while --flood-clients threads post 4 MiB bodies of wrongly typed documents ([1, 1, ...] and
-          [{}, {}, ...]), each answered 413 (a list over the server's bound) (their latency is reported)
+          [{}, {}, ...]), each answered 413 as a list over the server's bound, with their latencies
 """
 
 from __future__ import annotations
