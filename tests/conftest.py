@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny random-weight Qwen3 checkpoints with the real Qwen3 tokenizer (built once per session)."""
+"""Shared fixtures: tiny random-weight Qwen3 checkpoints with the real Qwen3 tokenizer (built once per session),
+and the benchmark scripts loaded as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -61,6 +65,21 @@ def reranker(reranker_dir: Path) -> Reranker:
 @pytest.fixture(scope="session")
 def embedder(embedding_dir: Path) -> Embedder:
     return Embedder(embedding_dir, device="cpu", dtype=torch.float32, max_length=256, max_batch_tokens=512)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """Loads benchmarks/<name>.py as a module (the scripts are not a package)."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,12 +4,12 @@ what happened, and invent nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="1"
 skipped="1" tests="3"><testcase classname="tests.test_gpu" name="test_a" time="1.0" /><testcase
@@ -18,24 +18,21 @@ classname="tests.test_gpu" name="test_b" time="2.0"><failure message="AssertionE
 </testsuite></testsuites>"""
 
 
-def load_summarize() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def summarize(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("summarize")
 
 
-def test_junit_report_counts_and_failures(tmp_path: Path) -> None:
+def test_junit_report_counts_and_failures(summarize: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "gpu_tests.xml").write_text(JUNIT)
-    report = load_summarize().read_junit(tmp_path / "gpu_tests.xml")
+    report = summarize.read_junit(tmp_path / "gpu_tests.xml")
     assert (report["complete"], report["tests"], report["passed"], report["failed"], report["skipped"]) == (
         True, 3, 1, 1, 1,
     )  # fmt: skip
     assert report["failures"] == ["tests.test_gpu::test_b: AssertionError: 0.3 > 0.1"]
 
 
-def test_a_cut_short_run_still_gets_its_summary(tmp_path: Path) -> None:
+def test_a_cut_short_run_still_gets_its_summary(summarize: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "gpu_tests.xml").write_text(JUNIT[: JUNIT.index('<testcase classname="tests.test_gpu" name="test_c"')])
     steps = ["install\t0\t31\t60\t", "gpu_tests\t124\t95\t95\tKeyboardInterrupt", "e2e\t124\t75\t75\t"]
     steps.append("serving\tskipped\t0\t75\tfastapi not installed")
@@ -44,7 +41,7 @@ def test_a_cut_short_run_still_gets_its_summary(tmp_path: Path) -> None:
     first["warm"] = {"warmup_s": 1.5, "first_score_ms": 9.5, "next_score_ms": 9.1}
     e2e = {"device": "H200", "card": {"matmul_tflops": 790.0, "copy_gbps": 4300.0}, "0.6B": {"first_score": first}}
     (tmp_path / "e2e.json").write_text(json.dumps(e2e))
-    text = load_summarize().main(tmp_path)
+    text = summarize.main(tmp_path)
     assert "| step gpu_tests | timed out: KeyboardInterrupt, 95 s of 95 s |" in text
     assert "| step serving | skipped: fastapi not installed, 0 s of 75 s |" in text
     assert "gpu tests (stopped at the time limit) (truncated XML" in text and "2 tests reported, 1 failed" in text

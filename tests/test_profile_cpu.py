@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def profile_cpu() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("profile_cpu", ROOT / "benchmarks" / "profile_cpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def profile_cpu(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("profile_cpu")
 
 
 def test_groups_name_the_forward_ops(profile_cpu: ModuleType) -> None:

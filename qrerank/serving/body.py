@@ -118,6 +118,7 @@ def _walk_top_level(raw: bytes, fields: dict[str, bool], max_items: int) -> str 
     unlike the 20-30 ms msgspec spends holding the GIL to skip through 4 MiB to find the fields)."""
     budget = 8 * max_items + 64  # a legitimate body at the bound takes a few steps per item
     depth, expect_key, key, counting, commas = 0, False, "", "", 0
+    numbers_only = False  # the counted list may hold token ids and has held nothing but numbers so far
     for step, token in enumerate(_STRUCTURE.finditer(raw)):
         text = token.group()
         byte = text[:1]
@@ -126,15 +127,15 @@ def _walk_top_level(raw: bytes, fields: dict[str, bool], max_items: int) -> str 
         if byte == b'"':
             if depth == 1 and expect_key:
                 key, expect_key = _key_name(text), False
-            elif counting and fields[counting] and depth == 2:  # a list that may hold ids holds a string
-                fields = {**fields, counting: False}
+            elif depth == 2:  # a string item
+                numbers_only = False
         elif byte in b"[{":
             depth += 1
             expect_key = byte == b"{" and depth == 1
             if depth == 2 and byte == b"[" and key in fields:
-                counting, commas = key, 0
-            elif depth == 3 and counting and fields[counting]:
-                fields = {**fields, counting: False}  # a nested value: not only numbers
+                counting, commas, numbers_only = key, 0, fields[key]
+            elif depth == 3:  # a nested item
+                numbers_only = False
         elif byte in b"]}":
             depth -= 1
             if depth == 1:
@@ -146,7 +147,7 @@ def _walk_top_level(raw: bytes, fields: dict[str, bool], max_items: int) -> str 
         elif depth == 2 and counting:
             commas += 1
             if commas >= max_items:
-                return None if fields[counting] else counting  # numbers so far: msgspec's pass decides
+                return None if numbers_only else counting  # numbers so far: msgspec's pass decides
     return ""  # unterminated: decoding says what is wrong
 
 
