@@ -12,11 +12,12 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from qrerank.serving import body
+from qrerank.serving import list_bound
 from qrerank.serving.api.cohere import RerankRequest
 from qrerank.serving.api.openai import EmbeddingsRequest
-from qrerank.serving.body import decode, raw_fields
+from qrerank.serving.body import decode
 from qrerank.serving.errors import ApiError
+from qrerank.serving.list_bound import ListBound, raw_fields
 
 FLOOD = 4 * 1024 * 1024
 
@@ -109,7 +110,7 @@ def _counting_raw_fields(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(len(raw))
         return raw_fields(raw, names)
 
-    monkeypatch.setattr(body, "raw_fields", counted)
+    monkeypatch.setattr(list_bound, "raw_fields", counted)
     return calls
 
 
@@ -141,3 +142,31 @@ def test_items_too_rich_to_walk_are_counted_by_msgspec(monkeypatch: pytest.Monke
     assert decode(RerankRequest, _rerank([rich, rich]), 2).documents == [rich, rich]
     assert _refused(RerankRequest, _rerank([rich, rich, rich]), 2).status == 413
     assert len(calls) == 2
+
+
+def _prefix_refusals(raw: bytes, max_items: int) -> list[int]:
+    """The lengths of the prefixes of `raw` that check_prefix refuses."""
+    bound = ListBound.of(RerankRequest, max_items)
+    refused = []
+    for end in range(1, len(raw) + 1):
+        try:
+            bound.check_prefix(raw[:end])
+        except ApiError as error:
+            assert error.status == 413
+            refused.append(end)
+    return refused
+
+
+@pytest.mark.parametrize("count", [3, 5, 6, 9])
+def test_a_prefix_is_refused_only_where_the_whole_body_is(count: int) -> None:
+    """Cut anywhere (inside a string full of commas and brackets, inside an escape, between items), the first
+    bytes of a body within the bound are never refused, and one over it is refused from the item past it on."""
+    documents = (["x,,,,,,,,", '"],[', "\\", *TRICKY] * 2)[:count]
+    raw = _rerank(documents)
+    refused = _prefix_refusals(raw, 5)
+    if count <= 5:
+        assert decode(RerankRequest, raw, 5).documents == documents and refused == []
+    else:
+        assert _refused(RerankRequest, raw, 5).status == 413
+        fifth_comma = raw.index(json.dumps(documents[5]).encode()) - 2  # the ", " before the sixth item
+        assert refused == list(range(fifth_comma + 1, len(raw) + 1))

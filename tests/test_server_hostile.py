@@ -218,3 +218,37 @@ def test_request_preparation_never_runs_on_the_event_loop(
     assert set(threads) == {"validation", "tokens", "token ids"}
     loop_thread = "qrerank-server"  # BackgroundServer runs uvicorn and its event loop on this thread
     assert all(loop_thread not in names for names in threads.values()), threads
+
+
+def _response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response read off `sock`: its status and body (sized by Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(lines[0].split()[1]), body
+
+
+@pytest.mark.parametrize(
+    ("path", "field"), [("/v1/rerank", "documents"), ("/rerank", "texts"), ("/v1/embeddings", "input")]
+)
+def test_a_flood_is_refused_before_its_body_is_read_and_the_connection_lives_on(
+    in_process: BackgroundServer, path: str, field: str
+) -> None:
+    """Its first chunk shows a list over the bound: the 413 comes while the client is still sending, the
+    rest of the body is dropped as it arrives, and the connection then serves the next request."""
+    head = b'{"query": "q", "' + field.encode() + b'": ['
+    body = head + b",".join([b"{}"] * ((MAX_BODY - 64) // 3)) + b"]}"
+    with socket.create_connection((in_process.host, in_process.port), timeout=30) as sock:
+        request = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{request}Content-Length: {len(body)}\r\n\r\n".encode() + body[:65536])
+        status, answer = _response(sock)  # with the old whole-body read this waited for the other 4 MiB
+        assert status == 413 and f"{field} holds more than" in answer.decode()
+        sock.sendall(body[65536:] + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _response(sock)[0] == 200

@@ -23,9 +23,10 @@ import numpy as np
 from fastapi import Request
 
 from qrerank.serving.async_engine import AsyncEngine
-from qrerank.serving.body import decode, raw_fields, read_body, read_request
+from qrerank.serving.body import decode, read_body, read_request
 from qrerank.serving.errors import ApiError
 from qrerank.serving.lifecycle import all_of, while_connected
+from qrerank.serving.list_bound import ListBound, raw_fields
 from qrerank.serving.metrics import ServingMetrics
 from qrerank.serving.options import ServerOptions
 from qrerank.serving.prepare import EmbedWork, embed_work, score_work, token_ids_work
@@ -73,7 +74,11 @@ class Service:
 
     async def read_by_shape(self, request: Request, schemas: Mapping[str, type[Schema]]) -> Schema:
         """The body decoded into the schema of the first field of `schemas` it has: one route, several bodies."""
-        raw = await read_body(request, self.options.max_body_bytes)
+        # Whatever else it holds, a body with the first field is read as the first schema: that field's list
+        # can be bounded as the body streams in.
+        first, first_schema = next(iter(schemas.items()))
+        bound = ListBound.of(self._variant(first_schema), self.max_list_items, names=(first,))
+        raw = await read_body(request, self.options.max_body_bytes, bound)
         fields = await asyncio.to_thread(raw_fields, raw, tuple(schemas))
         if fields is None:  # empty, not JSON or not an object: any of the schemas names the error (400/422)
             await asyncio.to_thread(decode, self._variant(next(iter(schemas.values()))), raw)
