@@ -2,7 +2,7 @@
 
 Bodies are msgspec Structs, decoded straight from the body bytes: no intermediate Python objects,
 unknown fields skipped unbuilt, and decoding stops at its first error, so a flood of wrongly typed items
-costs microseconds, not an object per item (valid items are built, so body.py counts a list before
+costs microseconds, not an object per item (valid items are built, so list_bound.py counts a list before
 decoding it). No type coercion ("5" is not 5, 1 is not true).
 
 Unknown fields are ignored, as text-embeddings-inference and OpenAI do, so a client written for a
