@@ -52,18 +52,18 @@ async def read_body(request: Request, max_bytes: int, bound: ListBound | None = 
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     size = commas = 0
-    watching = bound is not None and bool(bound.fields)
+    watch = bound if bound is not None and bound.fields else None  # None once the received part is walked
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:  # a chunked body, or a Content-Length that lied
                 raise ApiError(413, f"request body exceeds the limit of {max_bytes} bytes")
             chunks.append(chunk)
-            if watching:
+            if watch is not None:
                 commas += chunk.count(b",")
-                if commas >= bound.max_items:  # from now on a list may be over: one walk of what has come
-                    watching = False
-                    await asyncio.to_thread(bound.check_prefix, b"".join(chunks))
+                if commas >= watch.max_items:  # from now on a list may be over: one walk of what has come
+                    await asyncio.to_thread(watch.check_prefix, b"".join(chunks))
+                    watch = None
     except ClientDisconnect:
         raise ClientDisconnected("body") from None
     return b"".join(chunks)

@@ -81,7 +81,7 @@ class Service:
         raw = await read_body(request, self.options.max_body_bytes, bound)
         fields = await asyncio.to_thread(raw_fields, raw, tuple(schemas))
         if fields is None:  # empty, not JSON or not an object: any of the schemas names the error (400/422)
-            await asyncio.to_thread(decode, self._variant(next(iter(schemas.values()))), raw)
+            await asyncio.to_thread(decode, self._variant(first_schema), raw)
             raise ApiError(422, "the body is not a JSON object")
         for field, schema in schemas.items():
             if field in fields:
